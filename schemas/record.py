@@ -1,0 +1,46 @@
+"""The one record shape every stage reads and writes, as an Arrow schema.
+
+A record is one chat example:
+- ``id``: stable across runs and machines (derived from the source name and the raw row, see tasks.ingest);
+- ``source``: the name of the configured source it came from;
+- ``messages``: ``[{role, content}]`` with roles system / user / assistant;
+- ``annotations``: one entry per annotator: ``{annotator_id, rating, labels}`` (rating may be null);
+- ``meta``: a JSON object serialised as a string, so arbitrary per-source fields survive Parquet.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+ANNOTATION = pa.struct([
+    ("annotator_id", pa.string()),
+    ("rating", pa.float64()),
+    ("labels", pa.list_(pa.string())),
+])
+
+RECORD_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("messages", pa.list_(MESSAGE)),
+    ("annotations", pa.list_(ANNOTATION)),
+    ("meta", pa.string()),
+])
+
+ROLES = ("system", "user", "assistant")
+
+# Columns added to every rejected row, beside the record's own columns.
+REJECT_FIELDS = [
+    ("reject_stage", pa.string()),
+    ("reject_reason", pa.string()),
+    ("reject_detail", pa.string()),
+]
+REJECT_SCHEMA = pa.schema(list(RECORD_SCHEMA) + [pa.field(n, t) for n, t in REJECT_FIELDS])
+
+# Ingest cannot always build a record from a bad row, so its quarantine keeps the raw text instead.
+QUARANTINE_SCHEMA = pa.schema([
+    ("source", pa.string()),
+    ("location", pa.string()),  # "path:line" for text formats, "path#row" for tabular ones
+    ("reject_reason", pa.string()),
+    ("reject_detail", pa.string()),
+    ("raw", pa.string()),  # the offending row, truncated
+])

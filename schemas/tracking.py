@@ -1,0 +1,13 @@
+"""Config of MLflow tracking."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from schemas.base import StrictModel
+
+
+class TrackingConfig(StrictModel):
+    tracking_uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI.")
+    experiment: str = Field("peftpipe", description="MLflow experiment name.")
+    run_name: str | None = Field(None, description="MLflow run name; defaults to the config name and a time stamp.")
+    register_as: str | None = Field(None, description="Registered model name; defaults to the config name.")

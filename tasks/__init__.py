@@ -1,0 +1,1 @@
+"""Prefect tasks: thin @task wrappers over plain, typed functions, one concept per module."""

@@ -1,0 +1,201 @@
+"""How stages hand data to each other: content-addressed directories of Parquet shards, a ledger, a marker.
+
+A stage's output lives in ``WORKDIR/stages/NAME/KEY`` where KEY hashes the stage's inputs, config and code
+version. The stage writes into a temporary sibling and renames it into place only after ``stats.json`` and
+the ``_SUCCESS`` marker exist, so a killed run never leaves a partial directory that looks complete, and a
+rerun with the same inputs reuses the finished output (as datatrove's completion markers do).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+SUCCESS = "_SUCCESS"
+STATS = "stats.json"
+
+
+class LedgerError(AssertionError):
+    """A stage's counts do not add up: in != kept + sum(dropped)."""
+
+
+@dataclass
+class Ledger:
+    """Counts of one stage: every input row is either kept or dropped for a named reason."""
+
+    stage: str
+    n_in: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.dropped[reason] += n
+
+    def check(self) -> None:
+        total = self.kept + sum(self.dropped.values())
+        if self.n_in != total:
+            raise LedgerError(f"stage {self.stage}: in={self.n_in} but kept+dropped={total} ({dict(self.dropped)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "in": self.n_in, "kept": self.kept,
+                "dropped": dict(sorted(self.dropped.items())), **({"extra": self.extra} if self.extra else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Ledger":
+        return cls(stage=d.get("stage", ""), n_in=d["in"], kept=d["kept"], dropped=Counter(d.get("dropped", {})),
+                   extra=d.get("extra", {}))
+
+    def write(self, directory: Path) -> None:
+        self.check()
+        (directory / STATS).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def read_ledger(directory: Path) -> Ledger:
+    return Ledger.from_dict(json.loads((Path(directory) / STATS).read_text()))
+
+
+def digest(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts (pydantic models included)."""
+    def norm(p: Any) -> Any:
+        return p.model_dump(mode="json") if isinstance(p, BaseModel) else p
+    blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """Where a finished stage put its data, and its ledger."""
+
+    name: str
+    key: str
+    path: Path
+
+    @property
+    def ledger(self) -> Ledger:
+        return read_ledger(self.path)
+
+    def data(self, sub: str = "data") -> Path:
+        return self.path / sub
+
+
+def is_complete(path: Path) -> bool:
+    return (path / SUCCESS).is_file() and (path / STATS).is_file()
+
+
+def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], Ledger]) -> StageOutput:
+    """Run ``body(tmpdir) -> Ledger`` unless ``workdir/stages/name/key`` is already complete.
+
+    The output appears atomically: a crash leaves only a ``.tmp`` directory, which the next run removes.
+    """
+    final = Path(workdir) / "stages" / name / key
+    if is_complete(final):
+        return StageOutput(name, key, final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{key}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        ledger = body(tmp)
+        ledger.stage = ledger.stage or name
+        ledger.write(tmp)
+        (tmp / SUCCESS).write_text("")
+        if final.exists():  # an incomplete leftover from a killed run
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return StageOutput(name, key, final)
+
+
+class ShardWriter:
+    """Writes tables as numbered Parquet shards of at most ``shard_rows`` rows, so memory stays bounded."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, shard_rows: int = 50_000, prefix: str = "part"):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.schema, self.shard_rows, self.prefix = schema, shard_rows, prefix
+        self.rows = 0
+        self._shard = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._in_shard = 0
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        table = table.select(self.schema.names).cast(self.schema)
+        offset = 0
+        while offset < table.num_rows:
+            if self._writer is None:
+                path = self.directory / f"{self.prefix}-{self._shard:05d}.parquet"
+                self._writer = pq.ParquetWriter(path, self.schema)
+                self._in_shard = 0
+            take = min(self.shard_rows - self._in_shard, table.num_rows - offset)
+            self._writer.write_table(table.slice(offset, take))
+            offset += take
+            self._in_shard += take
+            self.rows += take
+            if self._in_shard >= self.shard_rows:
+                self._roll()
+
+    def _roll(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._shard += 1
+
+    def close(self) -> int:
+        self._roll()
+        if self.rows == 0:  # an empty dataset still has its schema on disk
+            pq.write_table(self.schema.empty_table(), self.directory / f"{self.prefix}-00000.parquet")
+        return self.rows
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def shard_paths(directory: str | Path) -> list[Path]:
+    return sorted(Path(directory).glob("*.parquet"))
+
+
+def iter_batches(directory: str | Path, batch_size: int = 10_000, columns: list[str] | None = None
+                 ) -> Iterator[pa.RecordBatch]:
+    """Stream a shard directory in order, one batch at a time."""
+    for path in shard_paths(directory):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def read_table(directory: str | Path, columns: list[str] | None = None) -> pa.Table:
+    paths = shard_paths(directory)
+    if not paths:
+        raise FileNotFoundError(f"no Parquet shards in {directory}")
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
+
+
+def count_rows(directory: str | Path) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(directory))
+
+
+def with_reject_columns(table: pa.Table, stage: str, reasons: list[str] | str,
+                        details: list[str | None] | None = None) -> pa.Table:
+    """Append reject_stage / reject_reason / reject_detail columns to rejected rows."""
+    n = table.num_rows
+    reasons = [reasons] * n if isinstance(reasons, str) else reasons
+    details = details if details is not None else [None] * n
+    return (table.append_column("reject_stage", pa.array([stage] * n, pa.string()))
+            .append_column("reject_reason", pa.array(reasons, pa.string()))
+            .append_column("reject_detail", pa.array(details, pa.string())))
