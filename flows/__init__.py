@@ -1,0 +1,1 @@
+"""Prefect flows: they wire tasks together and hold no logic of their own."""

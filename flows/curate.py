@@ -1,0 +1,49 @@
+"""The curation flow: ingest -> exact dedup -> MinHash near-dedup -> quality filters -> train/eval split."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect import flow, get_run_logger
+
+from flows.tracked import mlflow_run
+from schemas.pipeline import PipelineConfig
+from tasks import tracking
+from tasks.artifacts import ledger_rows, publish_table
+from tasks.dedup import exact_dedup_task, near_dedup_task
+from tasks.filters import filter_task, log_filter_report_to_mlflow
+from tasks.ingest import ingest_task, log_lineage_to_mlflow
+from tasks.split import split_task
+from tasks.stage import StageOutput
+
+
+@dataclass(frozen=True)
+class CurateResult:
+    stages: list[StageOutput]
+    digests: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def split(self) -> StageOutput:
+        return self.stages[-1]
+
+
+@flow(name="curate", log_prints=True)
+def curate_flow(cfg: PipelineConfig) -> CurateResult:
+    """Turn the configured sources into a deduplicated, filtered train/eval split, with a ledger per stage."""
+    log = get_run_logger()
+    with mlflow_run(cfg, "curate"):
+        ingested = ingest_task(cfg)
+        exact = exact_dedup_task(ingested, cfg)
+        near = near_dedup_task(exact, cfg)
+        filtered = filter_task(near, cfg)
+        split = split_task(filtered, cfg)
+        stages = [ingested, exact, near, filtered, split]
+
+        for s in stages:
+            led = s.ledger
+            log.info("%-12s in=%-6d kept=%-6d dropped=%s", s.name, led.n_in, led.kept, dict(led.dropped))
+            tracking.log_ledger(s)
+        publish_table("curation-ledger", ledger_rows(stages), description=f"Curation funnel of config {cfg.name}")
+        log_lineage_to_mlflow(ingested)
+        log_filter_report_to_mlflow(filtered)
+        digests = tracking.log_curated_dataset(split, cfg.name)
+    return CurateResult(stages, digests)

@@ -1,0 +1,53 @@
+"""The training flow: tokenize + pack -> train a LoRA/QLoRA adapter -> evaluate -> log and register."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow, get_run_logger
+
+from flows.curate import CurateResult, curate_flow
+from flows.tracked import mlflow_run
+from schemas.pipeline import PipelineConfig
+from tasks import tracking
+from tasks.artifacts import publish_link
+from tasks.evaluate import evaluate_task
+from tasks.model import prepare_base_model_task
+from tasks.registry import log_adapter_model
+from tasks.tokenize import tokenize_task
+from tasks.train import train_task
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: Path
+    run_id: str
+    run_url: str
+    model_uri: str | None
+    metrics: dict[str, Any]
+
+
+@flow(name="train", log_prints=True)
+def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> TrainResult:
+    """Train an adapter on the curated split (curating first, from cache when possible, if none is given)."""
+    log = get_run_logger()
+    with mlflow_run(cfg, "train") as run:
+        if curated is None:
+            curated = curate_flow(cfg)
+        base = prepare_base_model_task(cfg, curated.split)
+        tokenized = tokenize_task(curated.split, base, cfg)
+        tracking.log_ledger(tokenized)
+        trained = train_task(tokenized, base, cfg, run.info.run_id)
+        adapter_dir = Path(trained["adapter_dir"])
+        evaluation = evaluate_task(tokenized, base, adapter_dir, cfg)
+        mlflow.log_metrics({f"final.{k}": float(v) for k, v in {**trained, **evaluation}.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
+        model_uri = log_adapter_model(adapter_dir, base, cfg)
+        url = tracking.run_url(run, cfg.tracking.tracking_uri)
+        publish_link("mlflow-run", url, f"MLflow run {run.info.run_id}", description="Where this run is tracked")
+        log.info("adapter: %s", adapter_dir)
+        log.info("MLflow run %s: %s", run.info.run_id, url)
+    return TrainResult(adapter_dir, run.info.run_id, url, model_uri, {**trained, **evaluation})
