@@ -27,11 +27,14 @@ def _quiet_prefect() -> None:
     # The temporary Prefect server prints shutdown tracebacks after a successful run; a user's first run
     # should not end in noise. Real errors still surface through the flow's own exception.
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+    # Offline by default: no telemetry calls that can only fail and log errors.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.5")
 
 
 def _run_flow(kind: str, cfg: PipelineConfig) -> int:
-    _quiet_prefect()
     if kind == "curate":
         from flows.curate import curate_flow
         result = curate_flow(cfg)
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_prefect()  # before anything imports prefect or mlflow
     args = build_parser().parse_args(argv)
     if args.func is not None:
         return int(args.func(args) or 0)
