@@ -3,31 +3,72 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
 
 Format = Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text"]
+
+# Record-side names that field_map may point at source fields (dotted paths reach into nested objects).
+FIELD_KEYS = frozenset({"id", "meta", "messages", "role", "content", "system", "instruction", "input", "output",
+                        "prompt", "completion", "text"})
+# annotation_map keys: either a list of per-annotator objects ("annotations" with the keys inside each
+# object), or flat per-row fields ("ratings", parallel "annotator_ids" and "label_lists").
+ANNOTATION_KEYS = frozenset({"annotations", "annotator_id", "rating", "labels", "ratings", "annotator_ids",
+                             "label_lists"})
 
 
 class SourceConfig(StrictModel):
     name: str = Field(description="Short name of the source; part of every record id.")
     path: str = Field(description="Local file, glob or directory; 'hf:org/name' for a hub dataset; "
                                   "'disk:PATH' for a saved datasets folder; or an fsspec URL.")
-    format: Format = Field("auto", description="Record layout preset; 'auto' guesses from the first row.")
+    format: Format = Field("auto", description="Record layout preset; 'auto' guesses from the first rows.")
     split: str = Field("train", description="Split of a hub or saved dataset.")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    subset: str | None = Field(None, description="Config (subset) name of a hub dataset.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); pin it so reruns "
+                                                   "reuse the ingest output.")
     streaming: bool = Field(False, description="Stream a hub dataset instead of downloading it whole.")
     field_map: dict[str, str] = Field(default_factory=dict,
-                                      description="Explicit mapping from record fields to source fields.")
+                                      description="Explicit mapping from record fields to source fields, "
+                                                  f"e.g. {{prompt: question}}. Keys: {sorted(FIELD_KEYS)}.")
     annotation_map: dict[str, str] = Field(default_factory=dict,
                                            description="Mapping of annotation fields (ratings, labels, "
-                                                       "annotator ids) to source fields.")
+                                                       "annotator ids) to source fields. Keys: "
+                                                       f"{sorted(ANNOTATION_KEYS)}.")
     limit: int | None = Field(None, ge=1, description="Read at most this many rows from the source.")
-    weight: float = Field(1.0, gt=0, description="Sampling weight of the source in the mix.")
+    weight: float = Field(1.0, gt=0, description="Sampling weight of the source in the mix (recorded in the "
+                                                 "lineage; ingest itself keeps every row).")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_plain(cls, v: str) -> str:
+        if not v or not v.strip() or "\x1f" in v:
+            raise ValueError("source name must be a non-empty string")
+        return v
+
+    @field_validator("field_map")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        if unknown := sorted(set(v) - FIELD_KEYS):
+            raise ValueError(f"unknown field_map keys {unknown}; allowed: {sorted(FIELD_KEYS)}")
+        return v
+
+    @field_validator("annotation_map")
+    @classmethod
+    def _known_annotation_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        if unknown := sorted(set(v) - ANNOTATION_KEYS):
+            raise ValueError(f"unknown annotation_map keys {unknown}; allowed: {sorted(ANNOTATION_KEYS)}")
+        return v
 
 
 class IngestConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1, description="The datasets to read.")
     shard_rows: int = Field(50_000, ge=1, description="Rows per output Parquet shard (bounds memory).")
     max_record_bytes: int = Field(1_000_000, ge=1, description="Rows larger than this are quarantined.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> IngestConfig:
+        names = [s.name for s in self.sources]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"source names must be unique (they are part of record ids): {dupes}")
+        return self

@@ -1,0 +1,287 @@
+"""Format presets: how one source row (a dict) becomes the record fields messages / annotations / meta.
+
+Every problem with a row raises ``RowError(reason, detail)``; ingest quarantines the row under that reason.
+Reasons are short, stable names because the ledger counts by them:
+
+- ``missing_field``: a field the preset needs is absent (or null);
+- ``wrong_type``: a field has the wrong JSON type (``messages`` is a string, a rating is a list, ...);
+- ``empty_messages``: the conversation has no messages; ``empty_content``: a message's text is empty;
+- ``bad_role``: a role that is not system / user / assistant (or a known alias);
+- ``no_assistant``: nothing to learn from: no assistant message;
+- ``unknown_format``: ``format: auto`` and the row matches no preset.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+try:  # orjson is several times faster; it comes with prefect, but plain json works too
+    import orjson
+
+    def dumps(obj: Any) -> str:
+        return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+except ImportError:  # pragma: no cover
+    import json
+
+    def dumps(obj: Any) -> str:
+        return json.dumps(obj, default=str, ensure_ascii=False, separators=(",", ":"))
+
+PRESETS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
+ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "human": "user",
+                "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant",
+                "chatgpt": "assistant"}
+# The source fields each preset reads by default; field_map renames them.
+DEFAULT_FIELDS = {"id": "id", "meta": "meta", "messages": "messages", "role": "role", "content": "content",
+                  "system": "system", "instruction": "instruction", "input": "input", "output": "output",
+                  "prompt": "prompt", "completion": "completion", "text": "text"}
+MISSING = object()
+
+
+class RowError(ValueError):
+    """A row that cannot become a record; ``reason`` is the ledger key, ``detail`` says what and where."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def get_path(row: Mapping, path: str) -> Any:
+    """``row['a']['b']`` for path 'a.b' (a plain key wins if it exists, so keys with dots still work)."""
+    if path in row:
+        return row[path]
+    node: Any = row
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def maybe_json(value: Any) -> Any:
+    """CSV cells and some hub columns hold lists or objects as JSON text."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            import json
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def detect_format(row: Mapping, fields: Mapping[str, str]) -> str | None:
+    """Guess the preset from a row's keys; None when nothing fits."""
+    def has(key: str) -> bool:
+        return get_path(row, fields[key]) is not MISSING
+    if has("messages"):
+        return "messages"
+    if get_path(row, "conversations") is not MISSING:
+        return "sharegpt"
+    if has("instruction") and has("output"):
+        return "alpaca"
+    if has("prompt") and has("completion"):
+        return "prompt_completion"
+    if has("text"):
+        return "text"
+    return None
+
+
+def text_field(row: Mapping, name: str, field: str, required: bool = True) -> str | None:
+    value = get_path(row, field)
+    if value is MISSING or value is None:
+        if required:
+            raise RowError("missing_field", f"no {field!r} field ({name})")
+        return None
+    if not isinstance(value, str):
+        raise RowError("wrong_type", f"{field!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def message_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: keep the text parts
+        parts = [p.get("text") for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
+        if len(parts) == len(content):
+            return "".join(parts)
+    raise RowError("wrong_type", f"{where}: content must be a string, got {type(content).__name__}")
+
+
+def parse_messages(value: Any, fields: Mapping[str, str], field: str) -> list[dict[str, str]]:
+    """Validate a list of {role, content} (or ShareGPT {from, value}) messages."""
+    value = maybe_json(value)
+    if value is MISSING or value is None:
+        raise RowError("missing_field", f"no {field!r} field")
+    if not isinstance(value, list):
+        raise RowError("wrong_type", f"{field!r} must be a list of messages, got {type(value).__name__}")
+    if not value:
+        raise RowError("empty_messages", f"{field!r} is an empty list")
+    role_key, content_key = fields["role"], fields["content"]
+    out = []
+    for i, m in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(m, Mapping):
+            raise RowError("wrong_type", f"{where} must be an object, got {type(m).__name__}")
+        role = m.get(role_key, m.get("from", MISSING))
+        content = m.get(content_key, m.get("value", MISSING))
+        if role is MISSING or role is None:
+            raise RowError("missing_field", f"{where} has no role")
+        if not isinstance(role, str):
+            raise RowError("wrong_type", f"{where}: role must be a string, got {type(role).__name__}")
+        canon = ROLE_ALIASES.get(role.lower())
+        if canon is None:
+            raise RowError("bad_role", f"{where}: role {role[:40]!r}")
+        if content is MISSING or content is None:
+            raise RowError("missing_field", f"{where} has no content")
+        text = message_text(content, where)
+        if not text.strip():
+            raise RowError("empty_content", f"{where} ({canon}) has empty content")
+        out.append({"role": canon, "content": text})
+    return out
+
+
+def build_messages(row: Mapping, preset: str, fields: Mapping[str, str]) -> tuple[list[dict], set[str]]:
+    """The conversation of a row under a preset, and the source fields it consumed."""
+    used: set[str] = set()
+    if preset in ("messages", "sharegpt"):
+        field = fields["messages"] if preset == "messages" or "messages" in fields.get("_mapped", ()) \
+            else "conversations"
+        messages = parse_messages(get_path(row, field), fields, field)
+        used.add(field)
+    elif preset == "alpaca":
+        instruction = text_field(row, "alpaca instruction", fields["instruction"])
+        extra = text_field(row, "alpaca input", fields["input"], required=False)
+        output = text_field(row, "alpaca output", fields["output"])
+        user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        used |= {fields["instruction"], fields["input"], fields["output"]}
+    elif preset == "prompt_completion":
+        prompt, completion = get_path(row, fields["prompt"]), get_path(row, fields["completion"])
+        if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational prompt-completion
+            messages = (parse_messages(prompt, fields, fields["prompt"]) +
+                        parse_messages(completion, fields, fields["completion"]))
+        else:
+            messages = [{"role": "user", "content": text_field(row, "prompt", fields["prompt"])},
+                        {"role": "assistant", "content": text_field(row, "completion", fields["completion"])}]
+        used |= {fields["prompt"], fields["completion"]}
+    elif preset == "text":
+        messages = [{"role": "assistant", "content": text_field(row, "text", fields["text"])}]
+        used.add(fields["text"])
+    else:
+        raise RowError("unknown_format", f"no preset {preset!r}")
+    system = get_path(row, fields["system"])
+    if isinstance(system, str) and system.strip() and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+        used.add(fields["system"])
+    for m in messages:
+        if not m["content"].strip():
+            raise RowError("empty_content", f"{m['role']} message has empty content")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("no_assistant", "the conversation has no assistant message")
+    return messages, used
+
+
+def rating_value(value: Any, where: str) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise RowError("wrong_type", f"{where}: rating must be a number, got {type(value).__name__}")
+    try:
+        rating = float(value)
+    except ValueError:
+        raise RowError("wrong_type", f"{where}: rating {value[:20]!r} is not a number") from None
+    if rating != rating or rating in (float("inf"), float("-inf")):
+        raise RowError("wrong_type", f"{where}: rating is not finite")
+    return rating
+
+
+def label_list(value: Any, where: str) -> list[str]:
+    value = maybe_json(value)
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return list(value)
+    raise RowError("wrong_type", f"{where}: labels must be a list of strings")
+
+
+def build_annotations(row: Mapping, amap: Mapping[str, str]) -> tuple[list[dict], set[str]]:
+    """Annotations from a list of per-annotator objects, or from flat per-row rating/label/id fields."""
+    if "ratings" in amap:
+        ratings = maybe_json(get_path(row, amap["ratings"]))
+        if ratings is MISSING or ratings is None:
+            return [], {amap["ratings"]}
+        ids = maybe_json(get_path(row, amap["annotator_ids"])) if "annotator_ids" in amap else MISSING
+        labels = maybe_json(get_path(row, amap["label_lists"])) if "label_lists" in amap else MISSING
+        scalar = not isinstance(ratings, list)
+        ratings = [ratings] if scalar else ratings
+        ids = [None] * len(ratings) if ids is MISSING or ids is None else ([ids] if scalar else ids)
+        labels = [[]] * len(ratings) if labels is MISSING or labels is None else ([labels] if scalar else labels)
+        if not isinstance(ids, list) or not isinstance(labels, list) or not len(ids) == len(labels) == len(ratings):
+            raise RowError("wrong_type", "ratings, annotator ids and label lists must be parallel lists")
+        out = [{"annotator_id": None if a is None else str(a), "rating": rating_value(r, f"ratings[{i}]"),
+                "labels": label_list(lab, f"label_lists[{i}]")}
+               for i, (a, r, lab) in enumerate(zip(ids, ratings, labels, strict=True))]
+        return out, {amap[k] for k in ("ratings", "annotator_ids", "label_lists") if k in amap}
+    field = amap.get("annotations", "annotations")
+    value = maybe_json(get_path(row, field))
+    if value is MISSING or value is None:
+        return [], {field}
+    if not isinstance(value, list):
+        raise RowError("wrong_type", f"{field!r} must be a list of annotations, got {type(value).__name__}")
+    k_id, k_rating, k_labels = (amap.get(k, k) for k in ("annotator_id", "rating", "labels"))
+    out = []
+    for i, a in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(a, Mapping):
+            raise RowError("wrong_type", f"{where} must be an object, got {type(a).__name__}")
+        annotator = a.get(k_id)
+        if annotator is not None and not isinstance(annotator, (str, int)):
+            raise RowError("wrong_type", f"{where}: annotator id must be a string")
+        out.append({"annotator_id": None if annotator is None else str(annotator),
+                    "rating": rating_value(a.get(k_rating), where), "labels": label_list(a.get(k_labels), where)})
+    return out, {field}
+
+
+def build_meta(row: Mapping, fields: Mapping[str, str], used: set[str], raw_id: str | None) -> str:
+    """The row's own meta object plus every top-level field no preset consumed, as a JSON string."""
+    meta: dict[str, Any] = {}
+    own = maybe_json(get_path(row, fields["meta"]))
+    if isinstance(own, Mapping):
+        meta.update(own)
+    elif own is not MISSING and own is not None:
+        meta["meta"] = own
+    skip = used | {fields["meta"], fields["id"]}
+    skip |= {p.split(".")[0] for p in skip}
+    for k, v in row.items():
+        if k not in skip:
+            meta[k] = v
+    if raw_id is not None:
+        meta["source_id"] = raw_id
+    return dumps(meta)
+
+
+def raw_id_of(row: Mapping, fields: Mapping[str, str]) -> str | None:
+    value = get_path(row, fields["id"])
+    if value is MISSING or value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RowError("wrong_type", f"id must be a string or integer, got {type(value).__name__}")
+    return str(value)
+
+
+def convert_row(row: Any, preset: str, fields: Mapping[str, str], amap: Mapping[str, str]
+                ) -> tuple[str | None, list[dict], list[dict], str]:
+    """(raw id, messages, annotations, meta JSON) of one source row, or RowError."""
+    if not isinstance(row, Mapping):
+        raise RowError("not_an_object", f"a row must be a JSON object, got {type(row).__name__}")
+    raw_id = raw_id_of(row, fields)
+    messages, used = build_messages(row, preset, fields)
+    annotations, used_ann = build_annotations(row, amap)
+    return raw_id, messages, annotations, build_meta(row, fields, used | used_ann, raw_id)
+
+
+def resolve_fields(field_map: Mapping[str, str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {**DEFAULT_FIELDS, **field_map}
+    fields["_mapped"] = frozenset(field_map)
+    return fields
