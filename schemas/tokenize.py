@@ -1,8 +1,9 @@
-"""Config of tokenization: chat template, prompt masking, length policy and packing."""
+"""Config of tokenization: chat template, prompt masking, length policy and packing; the tokenized row schema."""
 from __future__ import annotations
 
 from typing import Literal
 
+import pyarrow as pa
 from pydantic import Field
 
 from schemas.base import StrictModel
@@ -12,6 +13,23 @@ class TokenizeConfig(StrictModel):
     max_seq_len: int = Field(512, ge=16, description="Longest sequence (and packed row) in tokens.")
     train_on: Literal["assistant", "all"] = Field("assistant", description="Which tokens carry a loss.")
     overlong: Literal["drop", "truncate"] = Field("drop", description="What happens to records over max_seq_len.")
-    packing: bool = Field(True, description="Pack records into rows of max_seq_len (best-fit decreasing).")
+    packing: bool = Field(True, description="Pack records into rows of max_seq_len (best-fit decreasing); "
+                                            "off: one record per row, padded per batch by collate.")
+    pack_eval: bool = Field(True, description="Pack the eval split too (always apart from train).")
     chat_template: str | None = Field(None, description="Jinja chat template used when the tokenizer has none.")
     num_proc: int = Field(1, ge=1, description="Processes for batched tokenization.")
+    batch_size: int = Field(1000, ge=1, description="Records per tokenizer call.")
+    pack_window: int = Field(200_000, ge=1, description="Sequences packed together at most; bounds memory "
+                                                        "on big corpora at a tiny cost in packing efficiency.")
+
+
+# One tokenized row: one or more whole records laid end to end (see tasks.packing).
+TOKENIZED_SCHEMA = pa.schema([
+    ("input_ids", pa.list_(pa.int32())),
+    ("labels", pa.list_(pa.int32())),  # -100 where there is no loss
+    ("position_ids", pa.list_(pa.int32())),  # restart at 0 at every packed record
+    ("record_ids", pa.list_(pa.string())),  # which records the row holds, in order
+    ("num_tokens", pa.int32()),
+    ("num_seqs", pa.int32()),
+    ("num_loss_tokens", pa.int32()),
+])

@@ -104,9 +104,9 @@ def collate(rows: list[dict], pad_id: int, attention_mask: bool = False, pad_to:
     mask = torch.zeros((n, width), dtype=torch.long)
     for i, row in enumerate(rows):
         k = len(row["input_ids"])
-        ids[i, :k] = torch.as_tensor(np.asarray(row["input_ids"]), dtype=torch.long)
-        labels[i, :k] = torch.as_tensor(np.asarray(row["labels"]), dtype=torch.long)
-        pos[i, :k] = torch.as_tensor(np.asarray(row["position_ids"]), dtype=torch.long)
+        ids[i, :k] = torch.from_numpy(np.asarray(row["input_ids"], dtype=np.int64))
+        labels[i, :k] = torch.from_numpy(np.asarray(row["labels"], dtype=np.int64))
+        pos[i, :k] = torch.from_numpy(np.asarray(row["position_ids"], dtype=np.int64))
         pos[i, k:] = torch.arange(width - k)
         mask[i, :k] = 1
     batch = {"input_ids": ids, "labels": labels, "position_ids": pos}
