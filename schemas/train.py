@@ -16,6 +16,10 @@ class ModelConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; 'auto' is bf16 on CUDA and fp32 on CPU.")
     attn_implementation: str | None = Field(None, description="e.g. 'sdpa' or 'flash_attention_2'.")
+    tiny_hidden_size: int = Field(64, ge=8, description="tiny-llama only: hidden width.")
+    tiny_layers: int = Field(2, ge=1, description="tiny-llama only: decoder layers.")
+    tiny_heads: int = Field(4, ge=1, description="tiny-llama only: attention heads.")
+    tiny_vocab_size: int = Field(2048, ge=300, description="tiny-llama only: size of the sample BPE vocabulary.")
 
 
 class AdapterConfig(StrictModel):
@@ -28,19 +32,46 @@ class AdapterConfig(StrictModel):
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved.")
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
+    adapter_dtype: Literal["float32", "auto"] = Field(
+        "float32", description="LoRA weights in fp32 (peft's default, precise optimizer updates) or in the "
+                               "model's dtype (less memory traffic).")
 
 
 class TrainConfig(StrictModel):
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     micro_batch_size: int = Field(4, ge=1, description="Rows per forward pass.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (when tokens_per_step is unset).")
+    tokens_per_step: int | None = Field(
+        None, ge=1, description="Token-based batch: accumulate micro-batches until at least this many tokens "
+                                "are in the step (overrides grad_accum); the loss is averaged over the step's "
+                                "loss tokens.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The cosine decays to lr * min_lr_ratio.")
     warmup_steps: int = Field(2, ge=0, description="Linear warm-up steps before the cosine decay.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
+        "adamw", description="torch AdamW (fused on CUDA) or bitsandbytes' 8-bit / paged AdamW.")
     eval_every: int = Field(10, ge=1, description="Evaluate on the held-out split every N steps.")
+    eval_max_batches: int | None = Field(None, ge=1, description="Cap on eval micro-batches (None: whole split).")
+    early_stop_patience: int | None = Field(
+        None, ge=1, description="Stop when the eval loss has not improved for this many evaluations.")
     save_every: int = Field(10, ge=1, description="Write a resumable checkpoint every N steps.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many of the latest checkpoints to keep.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory "
+                                                            "(non-reentrant).")
+    checkpoint_layers: list[int] | None = Field(
+        None, description="With gradient_checkpointing: only these decoder layers recompute (None: all). "
+                          "Fewer layers trade memory back for speed.")
+    batch_layout: Literal["flat", "padded"] = Field(
+        "flat", description="'flat' concatenates a micro-batch into one padding-free row whose position_ids "
+                            "restart per sequence; 'padded' pads rows to the longest one.")
+    loss: Literal["auto", "chunked", "standard"] = Field(
+        "auto", description="'chunked' fuses the lm_head with the cross-entropy chunk by chunk so the full "
+                            "logits never exist; 'auto' uses it on CUDA.")
+    loss_chunk_tokens: int = Field(2048, ge=16, description="Tokens per chunk of the chunked loss.")
+    merged_export: bool = Field(False, description="Also write the base with the adapter merged in, in bf16 "
+                                                   "(QLoRA: into an unquantized copy of the base).")
     seed: int = Field(0, description="Seed of weights init, data order and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
 

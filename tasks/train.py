@@ -1,0 +1,274 @@
+"""The training recipe: LoRA/QLoRA on the tokenized split, top to bottom (setup, train, save), torchtune style.
+
+Setup loads the base (lean QLoRA path: no fp32 upcast), adds the adapter and optional per-layer activation
+checkpointing. Each optimizer step accumulates micro-batches (a count or a token budget), averages the loss
+over the step's loss tokens, clips, steps AdamW and a warm-up + cosine schedule. Eval loss every N steps and at
+the end, with optional early stopping. Checkpoints every N steps hold what a killed run needs to continue the
+same loss curve. With several processes (torchrun) gradients are summed across ranks before the step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from prefect import task
+
+from schemas.pipeline import PipelineConfig
+from schemas.train import TrainConfig
+from tasks.model import (add_adapter, count_matmul_params, enable_checkpointing, load_base_model,
+                         load_base_tokenizer, resolve_device)
+from tasks.stage import StageOutput, digest
+from tasks.train_data import DataCursor, Row, eval_batches, load_rows, micro_batches_for_step
+from tasks.train_loss import causal_lm_loss_sum
+from tasks.train_state import list_checkpoints, load_latest_checkpoint, save_checkpoint
+
+TRAIN_VERSION = "1"
+MetricsFn = Callable[[dict[str, float], int], None]
+# Dense bf16 datasheet peaks, for MFU. Anything else reports no MFU rather than a made-up one.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    if os.environ.get("PEFTPIPE_PEAK_TFLOPS"):
+        return float(os.environ["PEFTPIPE_PEAK_TFLOPS"]) * 1e12
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def lr_lambda(tc: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up to 1, then a cosine down to ``min_lr_ratio`` at ``max_steps``."""
+    def factor(step: int) -> float:
+        if step < tc.warmup_steps:
+            return (step + 1) / (tc.warmup_steps + 1)
+        span = max(1, tc.max_steps - tc.warmup_steps)
+        progress = min(1.0, (step - tc.warmup_steps) / span)
+        return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def make_optimizer(params: list[torch.nn.Parameter], tc: TrainConfig, device: torch.device):
+    """torch AdamW (fused kernel on CUDA) or bitsandbytes' 8-bit / paged AdamW."""
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda")
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise ImportError(f"optimizer {tc.optimizer!r} needs bitsandbytes: pip install bitsandbytes") from exc
+    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw": bnb.optim.PagedAdamW,
+           "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[tc.optimizer]
+    return cls(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
+
+def use_fused_loss(tc: TrainConfig, device: torch.device) -> bool:
+    return tc.loss == "chunked" or (tc.loss == "auto" and device.type == "cuda")
+
+
+@torch.no_grad()
+def mean_eval_loss(model, rows: list[Row], tc: TrainConfig, pad_id: int, device: torch.device,
+                   fused: bool) -> float:
+    """Mean per-token loss over the eval split (the same tokens every time); NaN when it has no loss tokens."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for batch in eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, tc.eval_max_batches):
+        b = batch.to(device)
+        total += float(causal_lm_loss_sum(model, b.input_ids, b.position_ids, b.targets, fused, tc.loss_chunk_tokens))
+        n += b.n_loss_tokens
+    if dist_world() > 1:
+        total, n = _all_reduce_floats([total, float(n)], device)
+    model.train(was_training)
+    return total / n if n else float("nan")
+
+
+def dist_world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def dist_rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _all_reduce_floats(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum gradients across ranks (the loss is already divided by the global token count). LoRA gradients are
+    small, so one flat all-reduce per step costs little next to the step itself."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path,
+                  log_metrics: MetricsFn | None = None) -> dict:
+    """Train a LoRA/QLoRA adapter on ``tokenized_dir/train``; write ``out/adapter`` (+ tokenizer) and the
+    resolved config; return the final metrics. Resumes from ``out/checkpoints`` when a checkpoint is there;
+    returns the saved metrics at once when ``out`` is already complete."""
+    out, tokenized_dir = Path(out), Path(tokenized_dir)
+    if (out / "_SUCCESS").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    tc = cfg.train
+    log = log_metrics or (lambda metrics, step: None)
+    rank, world = dist_rank(), dist_world()
+    device = resolve_device(tc)
+
+    # --- setup
+    train_rows = load_rows(tokenized_dir / "train")
+    eval_rows = load_rows(tokenized_dir / "eval")
+    if not train_rows:
+        raise ValueError(f"no training rows in {tokenized_dir / 'train'}")
+    tokenizer = load_base_tokenizer(base, cfg.model, cfg.tokenize.chat_template)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    torch.manual_seed(tc.seed)
+    model = add_adapter(load_base_model(cfg.model, cfg.adapter, device, base=base), cfg.adapter)
+    if tc.gradient_checkpointing:
+        enable_checkpointing(model, tc.checkpoint_layers)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, tc, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
+    cursor = DataCursor(seed=tc.seed)
+    fused = use_fused_loss(tc, device)
+    flops_per_token = 4 * count_matmul_params(model)  # LoRA: forward 2N + input gradients 2N, no weight grads
+    peak = peak_flops(device)
+    progress: dict[str, Any] = {"step": 0, "tokens": 0, "best_eval_loss": float("inf"), "bad_evals": 0,
+                                "train_loss": float("nan"), "eval_loss": float("nan"), "stopped_early": False}
+    resumed = load_latest_checkpoint(out / "checkpoints", model, optimizer, scheduler)
+    if resumed is not None:
+        progress.update(resumed)
+        cursor.load_state_dict(progress.pop("cursor"))
+
+    # --- train
+    model.train()  # activation checkpointing only applies in training mode
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    while progress["step"] < tc.max_steps and not progress["stopped_early"]:
+        t0 = time.perf_counter()
+        micro = micro_batches_for_step(train_rows, cursor, tc.micro_batch_size, tc.grad_accum, tc.tokens_per_step,
+                                       tc.batch_layout, pad_id, rank, world)
+        n_loss, n_tokens = float(sum(b.n_loss_tokens for b in micro)), float(sum(b.n_tokens for b in micro))
+        if world > 1:
+            n_loss, n_tokens = _all_reduce_floats([n_loss, n_tokens], device)
+        loss_sum = torch.zeros((), device=device)
+        for batch in micro:
+            b = batch.to(device)
+            part = causal_lm_loss_sum(model, b.input_ids, b.position_ids, b.targets, fused, tc.loss_chunk_tokens)
+            (part / max(n_loss, 1.0)).backward()
+            loss_sum += part.detach()
+        if world > 1:
+            _sum_gradients(params)
+            torch.distributed.all_reduce(loss_sum)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_loss = float(loss_sum) / max(n_loss, 1.0)  # .item() waits for the GPU, so the timing is honest
+        elapsed = time.perf_counter() - t0
+        progress["step"] += 1
+        progress["tokens"] += int(n_tokens)
+        progress["train_loss"] = train_loss
+        step = progress["step"]
+        metrics = {"train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
+                   "tokens_per_s": n_tokens / elapsed, "step_s": elapsed}
+        if peak:
+            metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (peak * world)
+        if device.type == "cuda":
+            metrics["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if rank == 0:
+            log(metrics, step)
+        if step % tc.eval_every == 0 or step == tc.max_steps:
+            _evaluate_and_maybe_stop(model, eval_rows, tc, pad_id, device, fused, progress, log, rank)
+        if step % tc.save_every == 0 and step < tc.max_steps and not progress["stopped_early"] and rank == 0:
+            save_checkpoint(out / "checkpoints", step, model, optimizer, scheduler,
+                            {**progress, "cursor": cursor.state_dict()}, keep=tc.keep_checkpoints)
+    if progress["stopped_early"] and math.isnan(progress["eval_loss"]):
+        _evaluate_and_maybe_stop(model, eval_rows, tc, pad_id, device, fused, progress, log, rank)
+
+    # --- save
+    result = {"train_loss": progress["train_loss"], "eval_loss": progress["eval_loss"], "steps": progress["step"],
+              "tokens": progress["tokens"], "stopped_early": progress["stopped_early"],
+              "adapter_dir": str(out / "adapter"), "base": base}
+    if device.type == "cuda":
+        result["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if rank == 0:
+        save_outputs(model, tokenizer, cfg, base, out, result)
+    return result
+
+
+def _evaluate_and_maybe_stop(model, eval_rows, tc, pad_id, device, fused, progress, log, rank) -> None:
+    if not eval_rows:
+        return
+    loss = mean_eval_loss(model, eval_rows, tc, pad_id, device, fused)
+    progress["eval_loss"] = loss
+    if rank == 0:
+        log({"eval_loss": loss}, progress["step"])
+    if loss < progress["best_eval_loss"]:
+        progress["best_eval_loss"], progress["bad_evals"] = loss, 0
+    else:
+        progress["bad_evals"] += 1
+        if tc.early_stop_patience is not None and progress["bad_evals"] >= tc.early_stop_patience:
+            progress["stopped_early"] = True
+
+
+def save_outputs(model, tokenizer, cfg: PipelineConfig, base: str, out: Path, result: dict) -> None:
+    """The adapter (safetensors) with its tokenizer, the resolved config, the metrics, then the _SUCCESS marker;
+    the optional merged export. Checkpoints go once the outputs are complete: nothing is left to resume."""
+    tmp = out / f".adapter.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out / "adapter", ignore_errors=True)
+    os.replace(tmp, out / "adapter")
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    if cfg.train.merged_export:
+        from tasks.model import export_merged
+        result["merged_dir"] = str(export_merged(base, out / "adapter", cfg, out / "merged"))
+    (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "_SUCCESS").write_text("")
+    for ckpt in list_checkpoints(out / "checkpoints"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def mlflow_metrics_logger(run_id: str | None) -> MetricsFn | None:
+    """Per-step metrics into ``run_id`` through the client API, which needs no active run in this thread."""
+    if not run_id:
+        return None
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
+                                          if v is not None and math.isfinite(float(v))])
+    return log
+
+
+def adapter_key(tokenized: StageOutput, base: str, cfg: PipelineConfig) -> str:
+    return digest("train", TRAIN_VERSION, tokenized.key, base, cfg.model, cfg.adapter, cfg.train)
+
+
+@task(name="train")
+def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: str | None) -> dict:
+    """Prefect wrapper: trains into ``workdir/adapters/<key>`` (reused when complete, resumed when not)."""
+    out = Path(cfg.workdir) / "adapters" / adapter_key(tokenized, base, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    return train_adapter(tokenized.path, base, cfg, out, mlflow_metrics_logger(run_id))
