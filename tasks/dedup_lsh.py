@@ -1,0 +1,304 @@
+"""Out-of-core near-duplicate search, as four named steps mapped over shards (as datatrove names them):
+
+1. ``sketch_unit``: per unit of input rows, shingle hashes and MinHash signatures; writes the LSH band keys,
+   partitioned by key, the raw shingle hashes (for exact Jaccard) and a small meta table, all to disk.
+2. ``bucket_partition``: per key partition, a pyarrow group-by on the band key; docs sharing a key become
+   candidate pairs, written per verify block.
+3. ``verify_block``: per block of units, the exact Jaccard of each candidate pair; pairs at or above the
+   threshold become edges.
+4. ``cluster_edges``: connected components (union-find) over the edges, then the keep rule per cluster.
+
+Memory: a unit holds ``unit_rows`` docs; a partition holds ~N*bands/partitions keys; a verify block holds the
+shingles of two unit groups. Partitions and groups are sized from ``DedupConfig.memory_mb``, so peak memory
+follows the configuration, not the corpus.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.dedup import DedupConfig
+from tasks.dedup_text import Shingles, compared_text, normalize, shingle_hashes
+from tasks.minhash import (
+    band_keys,
+    choose_bands_rows,
+    jaccard_pairs,
+    permutations,
+    signature_jaccard,
+    signatures,
+)
+
+Mapper = Callable[[Callable[..., Any], list], list]
+# Buckets up to this size give all their pairs; larger ones (templates copied many times) a star plus a chain,
+# which connects the same component with k-1 verified edges instead of k^2/2.
+ALL_PAIRS_MAX = 16
+_KEY_BYTES = 8 + 8  # uint64 band key + int64 doc index
+
+
+def serial_map(fn: Callable[..., Any], items: list) -> list:
+    return [fn(item) for item in items]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A slice of an input shard: whole row groups, with the global index of its first row."""
+
+    index: int
+    path: str
+    row_groups: tuple[int, ...]
+    start: int
+    rows: int
+
+
+def plan_units(paths: list[Path], unit_rows: int) -> list[Unit]:
+    """Cut shards into units of about ``unit_rows`` rows along row-group boundaries."""
+    units: list[Unit] = []
+    start = 0
+    for path in paths:
+        meta = pq.ParquetFile(path).metadata
+        groups: list[int] = []
+        rows = 0
+        for g in range(meta.num_row_groups):
+            groups.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows >= unit_rows:
+                units.append(Unit(len(units), str(path), tuple(groups), start, rows))
+                start, groups, rows = start + rows, [], 0
+        if rows:
+            units.append(Unit(len(units), str(path), tuple(groups), start, rows))
+            start += rows
+    return units
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a worker needs, picklable: the config and where the shared work files live."""
+
+    cfg: DedupConfig
+    work: str
+    bands: int
+    rows: int
+    partitions: int
+    perms: tuple[np.ndarray, np.ndarray]  # datasketch's (a, b) for the first bands*rows permutations
+    text_field: str | None = None  # None: records (compare cfg.text of messages); else a plain text column
+
+    @property
+    def root(self) -> Path:
+        return Path(self.work)
+
+
+def make_plan(cfg: DedupConfig, work: Path, n_docs: int, text_field: str | None = None) -> Plan:
+    bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else \
+        choose_bands_rows(cfg.threshold, cfg.num_perm, cfg.target_recall)
+    # pyarrow's hash group-by needs a few times the raw key bytes; keep one partition within the budget.
+    partitions = cfg.partitions or max(1, math.ceil(n_docs * bands * _KEY_BYTES * 4 / (cfg.memory_mb * 2**20)))
+    a, b = permutations(cfg.num_perm, cfg.seed)
+    return Plan(cfg, str(work), bands, rows, partitions, (a[:bands * rows], b[:bands * rows]), text_field)
+
+
+def read_unit(unit: Unit, columns: list[str] | None = None) -> pa.Table:
+    return pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups), columns=columns)
+
+
+def unit_texts(table: pa.Table, plan: Plan) -> pa.Array:
+    """The compared text of each row: chosen turns of a record, or a plain text column."""
+    if plan.text_field is None:
+        return compared_text(table.column("messages"), plan.cfg.text)
+    col = table.column(plan.text_field).combine_chunks()
+    return pc.fill_null(col.cast(pa.string()), "")
+
+
+def unit_scores(table: pa.Table) -> np.ndarray:
+    """Mean annotator rating per record; no rating at all ranks lowest (-inf)."""
+    if "annotations" not in table.column_names:
+        return np.full(table.num_rows, -np.inf)
+    ann = table.column("annotations").combine_chunks()
+    ratings = pc.list_flatten(ann).field("rating")
+    parents = pc.list_parent_indices(ann).to_numpy()
+    valid = pc.is_valid(ratings).to_numpy(zero_copy_only=False)
+    values = pc.fill_null(ratings, 0.0).to_numpy(zero_copy_only=False)
+    total = np.bincount(parents[valid], weights=values[valid], minlength=table.num_rows)
+    count = np.bincount(parents[valid], minlength=table.num_rows)
+    return np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+
+
+def sketch_unit(unit: Unit, plan: Plan) -> dict[str, int]:
+    """Signatures of one unit, written to disk: band keys per partition, shingles, meta."""
+    cfg, root = plan.cfg, plan.root
+    table = read_unit(unit)
+    texts = unit_texts(table, plan)
+    norm = normalize(texts, cfg.lowercase, cfg.strip_punct, cfg.nfkc)
+    sh = shingle_hashes(norm, cfg.shingle, cfg.ngram)
+    counts = np.diff(sh.offsets)
+    idx = np.arange(unit.start, unit.start + unit.rows, dtype=np.int64)
+    pq.write_table(pa.table({
+        "idx": idx, "id": table.column("id").combine_chunks().cast(pa.string()),
+        "score": unit_scores(table), "length": pc.utf8_length(texts).cast(pa.int64()),
+        "n_shingles": counts}), root / "meta" / f"u{unit.index:06d}.parquet")
+    np.save(root / "shingles" / f"u{unit.index:06d}.hashes.npy", sh.hashes)
+    np.save(root / "shingles" / f"u{unit.index:06d}.offsets.npy", sh.offsets)
+    has = counts > 0  # a doc without shingles (empty text) is nobody's near-duplicate
+    sig = signatures(sh, plan.perms)
+    if cfg.verify == "signature":
+        np.save(root / "shingles" / f"u{unit.index:06d}.sig.npy", sig)
+    keys = band_keys(sig[has], plan.bands, plan.rows).ravel()
+    doc = np.repeat(idx[has], plan.bands)
+    part = (keys % np.uint64(plan.partitions)).astype(np.int64)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(plan.partitions + 1))
+    for p in range(plan.partitions):
+        sel = order[bounds[p]:bounds[p + 1]]
+        pq.write_table(pa.table({"key": keys[sel], "idx": doc[sel]}),
+                       root / "bands" / f"p{p:04d}" / f"u{unit.index:06d}.parquet")
+    return {"docs": unit.rows, "empty": int((~has).sum()), "shingles": int(counts.sum())}
+
+
+def bucket_pairs(members: pa.ListArray) -> np.ndarray:
+    """Candidate pairs (i < j), as an (n, 2) int64 array, from the member lists of buckets with 2+ docs."""
+    sizes = pc.list_value_length(members).to_numpy()
+    flat = pc.list_flatten(members).to_numpy()
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    out = []
+    for size in np.unique(sizes):
+        rows = starts[sizes == size][:, None] + np.arange(size)[None, :]
+        grid = flat[rows]
+        if size <= ALL_PAIRS_MAX:
+            a, b = np.triu_indices(int(size), 1)
+            out.append(np.stack([grid[:, a].ravel(), grid[:, b].ravel()], axis=1))
+        else:
+            grid = np.sort(grid, axis=1)
+            star = np.stack([np.repeat(grid[:, 0], size - 1), grid[:, 1:].ravel()], axis=1)
+            chain = np.stack([grid[:, 1:-1].ravel(), grid[:, 2:].ravel()], axis=1)
+            out += [star, chain]
+    if not out:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(out)
+    return np.stack([pairs.min(axis=1), pairs.max(axis=1)], axis=1)
+
+
+def bucket_partition(partition: int, plan: Plan, group_starts: np.ndarray, splits: int = 1) -> int:
+    """Group one partition's band keys; write its distinct candidate pairs split by verify block."""
+    root = plan.root
+    paths = sorted((root / "bands" / f"p{partition:04d}").glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in paths]) if paths else None
+    if table is None or table.num_rows == 0:
+        return 0
+    grouped = table.group_by("key", use_threads=False).aggregate([("idx", "list")])
+    members = grouped.column("idx_list").combine_chunks()
+    members = members.filter(pc.greater(pc.list_value_length(members), 1))
+    del table, grouped
+    pairs = bucket_pairs(members)
+    if not len(pairs):
+        return 0
+    pairs = np.unique(pairs[:, 0] * np.int64(1 << 32) + pairs[:, 1])  # the same pair shows up in many bands
+    left, right = pairs >> 32, pairs & 0xFFFFFFFF
+    gl, gr = np.searchsorted(group_starts, left, "right") - 1, np.searchsorted(group_starts, right, "right") - 1
+    split = (np.arange(len(pairs)) % splits) if splits > 1 else np.zeros(len(pairs), np.int64)
+    for a, b, s in set(zip(gl.tolist(), gr.tolist(), split.tolist(), strict=True)):
+        sel = (gl == a) & (gr == b) & (split == s)
+        out = root / "pairs" / f"g{a:04d}-{b:04d}"
+        out.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"i": left[sel], "j": right[sel]}), out / f"p{partition:04d}-s{s:03d}.parquet")
+    return len(pairs)
+
+
+def _load_shingles(plan: Plan, units: list[Unit], docs: np.ndarray) -> tuple[Shingles, np.ndarray]:
+    """Gather the shingles of the given global doc indices (sorted) from the units' files; returns the
+    compact Shingles and the doc indices in its order."""
+    hashes, sizes, order = [], [], []
+    for unit in units:
+        sel = docs[(docs >= unit.start) & (docs < unit.start + unit.rows)]
+        if not len(sel):
+            continue
+        stem = plan.root / "shingles" / f"u{unit.index:06d}"
+        offsets = np.load(f"{stem}.offsets.npy")
+        flat = np.load(f"{stem}.hashes.npy", mmap_mode="r")
+        local = sel - unit.start
+        lo, hi = offsets[local], offsets[local + 1]
+        n = hi - lo
+        take = np.repeat(lo, n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+        hashes.append(np.asarray(flat[take]))
+        sizes.append(n)
+        order.append(sel)
+    if not order:
+        return Shingles(np.zeros(0, np.uint32), np.zeros(1, np.int64)), np.zeros(0, np.int64)
+    size = np.concatenate(sizes)
+    return (Shingles(np.concatenate(hashes), np.concatenate([[0], np.cumsum(size)]).astype(np.int64)),
+            np.concatenate(order))
+
+
+def _load_signatures(plan: Plan, units: list[Unit], docs: np.ndarray) -> np.ndarray:
+    parts = []
+    for unit in units:
+        sel = docs[(docs >= unit.start) & (docs < unit.start + unit.rows)]
+        if len(sel):
+            sig = np.load(plan.root / "shingles" / f"u{unit.index:06d}.sig.npy", mmap_mode="r")
+            parts.append(np.asarray(sig[sel - unit.start]))
+    return np.concatenate(parts) if parts else np.zeros((0, plan.bands * plan.rows), np.uint32)
+
+
+def verify_block(item: tuple[str, str], plan: Plan, units: list[Unit], chunk: int = 200_000) -> dict[str, int]:
+    """Check each candidate pair of one (block, split); keep those with Jaccard >= threshold as edges."""
+    root = plan.root
+    block, split = item
+    paths = sorted((root / "pairs" / block).glob(f"*-s{split}.parquet"))
+    pairs = pa.concat_tables([pq.read_table(p) for p in paths])
+    left, right = pairs.column("i").to_numpy(), pairs.column("j").to_numpy()
+    docs = np.unique(np.concatenate([left, right]))
+    if plan.cfg.verify == "jaccard":
+        sh, order = _load_shingles(plan, units, docs)
+    elif plan.cfg.verify == "signature":
+        sig = _load_signatures(plan, units, docs)
+    keep_l, keep_r, keep_j = [], [], []
+    for lo in range(0, len(left), chunk):
+        li, ri = np.searchsorted(docs, left[lo:lo + chunk]), np.searchsorted(docs, right[lo:lo + chunk])
+        if plan.cfg.verify == "jaccard":
+            sim = jaccard_pairs(sh, li, ri)
+        elif plan.cfg.verify == "signature":
+            sim = signature_jaccard(sig[li], sig[ri])
+        else:
+            sim = np.ones(len(li))
+        ok = sim >= plan.cfg.threshold
+        keep_l.append(left[lo:lo + chunk][ok])
+        keep_r.append(right[lo:lo + chunk][ok])
+        keep_j.append(sim[ok])
+    pq.write_table(pa.table({"i": np.concatenate(keep_l), "j": np.concatenate(keep_r),
+                             "jaccard": np.concatenate(keep_j)}), root / "edges" / f"{block}-s{split}.parquet")
+    return {"candidates": len(left), "edges": int(sum(len(x) for x in keep_l))}
+
+
+def group_budget(plan: Plan) -> int:
+    """Bytes of shingle files one unit group may hold: a verify block loads two groups."""
+    return plan.cfg.memory_mb * 2**20 // 4
+
+
+def group_units(plan: Plan, units: list[Unit]) -> list[list[Unit]]:
+    """Consecutive units whose shingle files together fit a quarter of the budget (two groups per block)."""
+    budget = group_budget(plan)
+    groups: list[list[Unit]] = [[]]
+    used = 0
+    for unit in units:
+        size = (plan.root / "shingles" / f"u{unit.index:06d}.hashes.npy").stat().st_size
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(unit)
+        used += size
+    return groups
+
+
+def prepare_workdir(work: Path, partitions: int) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    for sub in ("meta", "shingles", "edges", "pairs"):
+        (work / sub).mkdir(parents=True)
+    for p in range(partitions):
+        (work / "bands" / f"p{p:04d}").mkdir(parents=True)

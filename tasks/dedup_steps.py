@@ -1,0 +1,228 @@
+"""The steps of exact and near dedup over a shard directory, and the mappers that run them in parallel.
+
+No Prefect import here: process-pool workers import this module (and tasks.dedup_lsh), and should start fast.
+``dedup_dir`` is the one entry point; tasks.dedup wraps it as pipeline stages, flows.cli_dedup as a command.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.dedup import DedupConfig
+from schemas.record import REJECT_SCHEMA
+from tasks.dedup_cluster import (
+    DECISION_SCHEMA,
+    cluster_sizes,
+    decide,
+    exact_decisions,
+    read_decisions,
+    union_find,
+)
+from tasks.dedup_lsh import (
+    Mapper,
+    Plan,
+    Unit,
+    bucket_partition,
+    group_units,
+    make_plan,
+    plan_units,
+    prepare_workdir,
+    read_unit,
+    serial_map,
+    sketch_unit,
+    unit_scores,
+    unit_texts,
+    verify_block,
+)
+from tasks.dedup_text import exact_keys, normalize
+from tasks.stage import ShardWriter, shard_paths, with_reject_columns
+
+EXACT, NEAR = "exact_dedup", "near_dedup"
+REASONS = {EXACT: "exact_duplicate", NEAR: "near_duplicate"}
+DEDUP_REJECT_SCHEMA = pa.schema(list(REJECT_SCHEMA) + [pa.field("cluster_id", pa.string()),
+                                                        pa.field("kept_id", pa.string())])
+MAP_SCHEMA = pa.schema([("id", pa.string()), ("cluster_id", pa.string()), ("is_duplicate", pa.bool_()),
+                        ("kept", pa.bool_()), ("cluster_size", pa.int64())])
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One pool per worker count, reused across steps and stages: workers start once per process."""
+    if workers not in _POOLS:
+        # fork starts workers in milliseconds, but is unsafe once threads run (Prefect's and MLflow's do);
+        # then forkserver, with this module preloaded.
+        if threading.active_count() == 1:
+            ctx = get_context("fork")
+        else:
+            ctx = get_context("forkserver")
+            ctx.set_forkserver_preload(["tasks.dedup_steps"])
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=ctx)
+        atexit.register(_POOLS[workers].shutdown)
+    return _POOLS[workers]
+
+
+def process_map(workers: int) -> Mapper:
+    """A Mapper over a local process pool, or serial for one worker."""
+    if workers <= 1:
+        return serial_map
+
+    def run(fn: Callable[..., Any], items: list) -> list:
+        return serial_map(fn, items) if len(items) <= 1 else list(_pool(workers).map(fn, items))
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- near dedup
+
+def near_decisions(units: list[Unit], plan: Plan, mapper: Mapper, splits: int = 1) -> tuple[Path, dict]:
+    """Steps 1-4 of near dedup over the units; writes ``work/decisions.parquet`` and returns it with stats."""
+    root = plan.root
+    sketch = mapper(functools.partial(sketch_unit, plan=plan), units)
+    groups = group_units(plan, units)
+    group_starts = np.array([g[0].start for g in groups], dtype=np.int64)
+    candidates = sum(mapper(functools.partial(bucket_partition, plan=plan, group_starts=group_starts,
+                                              splits=splits), list(range(plan.partitions))))
+    items = sorted({(d.name, p.stem.split("-s")[-1]) for d in (root / "pairs").iterdir()
+                    for p in d.glob("*.parquet")})
+    verified = mapper(functools.partial(verify_block, plan=plan, units=units), items)
+    edges = [p for p in sorted((root / "edges").glob("*.parquet"))]
+    edge_table = pa.concat_tables([pq.read_table(p) for p in edges]) if edges else None
+    stats = {"docs": sum(s["docs"] for s in sketch), "empty_docs": sum(s["empty"] for s in sketch),
+             "bands": plan.bands, "rows": plan.rows, "partitions": plan.partitions, "verify_blocks": len(items),
+             "candidate_pairs": int(candidates), "checked_pairs": sum(v["candidates"] for v in verified),
+             "edges": sum(v["edges"] for v in verified)}
+    out = root / "decisions.parquet"
+    if edge_table is None or edge_table.num_rows == 0:
+        pq.write_table(DECISION_SCHEMA.empty_table(), out)
+        return out, stats
+    nodes, roots = union_find(edge_table.column("i").to_numpy(), edge_table.column("j").to_numpy())
+    metas = []
+    for unit in units:
+        sel = (nodes >= unit.start) & (nodes < unit.start + unit.rows)
+        if sel.any():
+            meta = pq.read_table(root / "meta" / f"u{unit.index:06d}.parquet",
+                                 columns=["idx", "id", "score", "length"])
+            metas.append(meta.take(pa.array(nodes[sel] - unit.start)).append_column("root", pa.array(roots[sel])))
+    pq.write_table(decide(pa.concat_tables(metas), plan.cfg.keep), out)
+    return out, stats
+
+
+# ---------------------------------------------------------------------------------------------- exact dedup
+
+def exact_unit(unit: Unit, plan: Plan) -> int:
+    """Content keys of one unit, partitioned by key so each partition groups alone."""
+    table = read_unit(unit)
+    texts = unit_texts(table, plan)
+    keys = exact_keys(normalize(texts, plan.cfg.lowercase, plan.cfg.strip_punct, plan.cfg.nfkc))
+    part = (keys[:, 1] % np.uint64(plan.partitions)).astype(np.int64)
+    data = pa.table({"k1": keys[:, 0], "k2": keys[:, 1],
+                     "idx": np.arange(unit.start, unit.start + unit.rows, dtype=np.int64),
+                     "id": table.column("id").combine_chunks().cast(pa.string()), "score": unit_scores(table),
+                     "length": pc.utf8_length(texts).cast(pa.int64())})
+    for p in range(plan.partitions):
+        pq.write_table(data.filter(pa.array(part == p)), plan.root / "bands" / f"p{p:04d}" /
+                       f"u{unit.index:06d}.parquet")
+    return unit.rows
+
+
+def exact_partition(partition: int, plan: Plan) -> pa.Table:
+    paths = sorted((plan.root / "bands" / f"p{partition:04d}").glob("*.parquet"))
+    return exact_decisions(pa.concat_tables([pq.read_table(p) for p in paths]), plan.cfg.keep)
+
+
+def exact_decisions_all(units: list[Unit], plan: Plan, mapper: Mapper) -> tuple[Path, dict]:
+    mapper(functools.partial(exact_unit, plan=plan), units)
+    parts = mapper(functools.partial(exact_partition, plan=plan), list(range(plan.partitions)))
+    out = plan.root / "decisions.parquet"
+    pq.write_table(pa.concat_tables(parts).sort_by("idx"), out)
+    return out, {"docs": sum(u.rows for u in units), "partitions": plan.partitions}
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+def write_unit(unit: Unit, decisions: str, out: str, stage: str | None) -> dict[str, int]:
+    """Apply the decisions to one unit: map part always; kept rows and rejects when ``stage`` is given."""
+    out_dir = Path(out)
+    dec = read_decisions(Path(decisions), unit.start, unit.start + unit.rows)
+    table = read_unit(unit) if stage else read_unit(unit, ["id"])
+    ids = table.column("id").combine_chunks().cast(pa.string())
+    pos = dec.column("idx").to_numpy() - unit.start
+    cluster = np.array(ids.to_pylist(), dtype=object)
+    cluster[pos] = dec.column("cluster_id").to_pylist()
+    dup = np.zeros(unit.rows, dtype=bool)
+    dup[pos] = dec.column("is_duplicate").to_numpy(zero_copy_only=False)
+    size = np.ones(unit.rows, dtype=np.int64)
+    size[pos] = dec.column("cluster_size").to_numpy()
+    pq.write_table(pa.table({"id": ids, "cluster_id": pa.array(cluster, pa.string()), "is_duplicate": dup,
+                             "kept": ~dup, "cluster_size": size}, schema=MAP_SCHEMA),
+                   out_dir / "map_parts" / f"u{unit.index:06d}.parquet")
+    if stage is None:
+        return {"rows": unit.rows, "dropped": int(dup.sum())}
+    prefix = f"u{unit.index:06d}"
+    with ShardWriter(out_dir / "data", table.schema, prefix=prefix) as kept:
+        kept.write(table.filter(pa.array(~dup)))
+    rejected = table.filter(pa.array(dup))
+    kept_of = pa.array(cluster[dup], pa.string())
+    details = [f"cluster of {s}, kept {k}" for s, k in zip(size[dup].tolist(), kept_of.to_pylist(), strict=True)]
+    rejected = with_reject_columns(rejected, stage, REASONS[stage], details)
+    with ShardWriter(out_dir / "rejects", DEDUP_REJECT_SCHEMA, prefix=prefix) as rej:
+        rej.write(rejected.append_column("cluster_id", kept_of).append_column("kept_id", kept_of))
+    return {"rows": unit.rows, "dropped": int(dup.sum())}
+
+
+def merge_map(out: Path, target: Path) -> int:
+    """Concatenate the per-unit map parts, in input order, into one Parquet file."""
+    parts = sorted((out / "map_parts").glob("*.parquet"))
+    rows = 0
+    with pq.ParquetWriter(target, MAP_SCHEMA) as writer:
+        for part in parts:
+            table = pq.read_table(part)
+            writer.write_table(table)
+            rows += table.num_rows
+    for part in parts:
+        part.unlink()
+    (out / "map_parts").rmdir()
+    return rows
+
+
+def dedup_dir(in_dir: Path, cfg: DedupConfig, out: Path, stage: str | None, kind: str,
+              text_field: str | None = None, mapper: Mapper | None = None) -> dict[str, Any]:
+    """Run exact or near dedup over a shard directory; writes data/rejects (for a stage), the map, the report.
+
+    Returns the stats (also the ledger's extra): counts, LSH shape, cluster histogram, largest clusters.
+    """
+    from tasks.dedup_report import write_report  # matplotlib loads only when a report is written
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "map_parts").mkdir(exist_ok=True)
+    mapper = mapper or process_map(cfg.workers)
+    units = plan_units(shard_paths(in_dir), cfg.unit_rows)
+    n_docs = sum(u.rows for u in units)
+    work = out / "_work"
+    plan = make_plan(cfg, work, n_docs, text_field)
+    prepare_workdir(work, plan.partitions)
+    if kind == "near":
+        decisions, stats = near_decisions(units, plan, mapper, splits=max(cfg.workers, 1))
+    else:
+        decisions, stats = exact_decisions_all(units, plan, mapper)
+    results = mapper(functools.partial(write_unit, decisions=str(decisions), out=str(out), stage=stage), units)
+    merge_map(out, out / "dedup_map.parquet")
+    dec = pq.read_table(decisions)
+    stats.update(in_rows=n_docs, dropped=sum(r["dropped"] for r in results),
+                 clusters=int(pc.sum(pc.invert(dec.column("is_duplicate"))).as_py() or 0),
+                 cluster_sizes=cluster_sizes(dec))
+    stats["report"] = write_report(out, dec, units, plan, stats, kind)
+    shutil.rmtree(work, ignore_errors=True)
+    return stats

@@ -1,0 +1,143 @@
+"""Text side of dedup: which text of a record is compared, how it is normalized, and its shingle hashes.
+
+Everything works on whole Arrow batches: text extraction, normalization and word splitting are Arrow
+compute kernels, each distinct word of a batch is hashed once (xxh3), and n-gram hashes are combined
+from word hashes with numpy. No Python loop runs per shingle or per token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+# Roles whose turns make up each "text" choice of DedupConfig.
+TEXT_ROLES = {
+    "prompt_response": ("user", "assistant"),
+    "prompt": ("user",),
+    "response": ("assistant",),
+    "all": ("system", "user", "assistant"),
+}
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_P64 = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio odd multiplier: each step spreads the previous state
+_FMIX64 = (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer, a bijection that avalanches every input bit."""
+    s, m1, m2 = _FMIX64
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> s)
+        h = h * m1
+        h = h ^ (h >> s)
+        h = h * m2
+        return h ^ (h >> s)
+
+
+def compared_text(messages: pa.Array | pa.ChunkedArray, text: str) -> pa.Array:
+    """Join the contents of the chosen roles' turns of each record with newlines (empty string if none)."""
+    if isinstance(messages, pa.ChunkedArray):
+        messages = messages.combine_chunks()
+    roles = TEXT_ROLES[text]
+    n = len(messages)
+    flat = pc.list_flatten(messages)
+    parents = pc.list_parent_indices(messages).to_numpy()
+    keep = pc.is_in(flat.field("role"), value_set=pa.array(roles)).to_numpy(zero_copy_only=False)
+    contents = pc.fill_null(flat.field("content").filter(pa.array(keep)), "")
+    counts = np.bincount(parents[keep], minlength=n) if n else np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), contents), "\n")
+    return pc.fill_null(joined, "")
+
+
+def normalize(texts: pa.Array, lowercase: bool = True, strip_punct: bool = True, nfkc: bool = True) -> pa.Array:
+    """Normalize text the same way for exact and near dedup (whitespace runs are split on later)."""
+    texts = pc.fill_null(texts, "")
+    if nfkc:
+        texts = pc.utf8_normalize(texts, form="NFKC")
+    if lowercase:
+        texts = pc.utf8_lower(texts)
+    if strip_punct:
+        texts = pc.replace_substring_regex(texts, pattern=r"[\p{P}\p{S}]+", replacement=" ")
+    return texts
+
+
+def exact_keys(normalized: pa.Array) -> np.ndarray:
+    """A 128-bit content hash per text, as a (n, 2) uint64 array."""
+    out = np.empty((len(normalized), 2), dtype=np.uint64)
+    for i, s in enumerate(normalized.to_pylist()):
+        d = xxhash.xxh3_128_intdigest(" ".join(s.split()).encode())
+        out[i, 0], out[i, 1] = d >> 64, d & 0xFFFFFFFFFFFFFFFF
+    return out
+
+
+@dataclass
+class Shingles:
+    """Shingle hashes of a batch: doc d owns hashes[offsets[d]:offsets[d+1]] (not deduplicated)."""
+
+    hashes: np.ndarray  # uint32, the values datasketch's MinHash would receive from its hashfunc
+    offsets: np.ndarray  # int64, len n_docs + 1
+
+
+def _window_hash(tokens: np.ndarray, lengths: np.ndarray, n: int) -> Shingles:
+    """Hash every window of n consecutive token hashes inside each doc; a doc shorter than n is one shingle."""
+    lengths = lengths.astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths
+    per_doc = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
+    offsets = np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64)
+    total = int(offsets[-1])
+    doc_of = np.repeat(np.arange(len(lengths)), per_doc)
+    pos = np.repeat(starts, per_doc) + (np.arange(total) - np.repeat(offsets[:-1], per_doc))
+    width = np.minimum(lengths, n)[doc_of]
+    h = np.zeros(total, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            valid = k < width
+            idx = np.minimum(pos + k, len(tokens) - 1) if len(tokens) else pos
+            step = (h ^ tokens[idx]) * _P64 if len(tokens) else h
+            h = np.where(valid, step, h) if not valid.all() else step
+    h = fmix64(h ^ width.astype(np.uint64))
+    return Shingles(hashes=(h >> np.uint64(32)).astype(np.uint32), offsets=offsets)
+
+
+def word_token_hashes(normalized: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Split on whitespace and hash each distinct word of the batch once; returns (token hashes, words/doc)."""
+    words = pc.utf8_split_whitespace(normalized)
+    flat = pc.list_flatten(words)
+    parents = pc.list_parent_indices(words).to_numpy()
+    nonempty = pc.greater(pc.binary_length(flat), 0)  # leading/trailing whitespace yields empty strings
+    flat, parents = flat.filter(nonempty), parents[nonempty.to_numpy(zero_copy_only=False)]
+    lengths = np.bincount(parents, minlength=len(normalized)).astype(np.int64)
+    if len(flat) == 0:
+        return np.zeros(0, np.uint64), lengths
+    encoded = pc.dictionary_encode(flat)
+    vocab = np.fromiter((xxhash.xxh3_64_intdigest(w.encode()) for w in encoded.dictionary.to_pylist()),
+                        dtype=np.uint64, count=len(encoded.dictionary))
+    return vocab[encoded.indices.to_numpy()], lengths
+
+
+def char_token_hashes(normalized: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Code points of each text, pre-mixed so that the window hash spreads them; returns (hashes, chars/doc)."""
+    texts = [" ".join(s.split()) for s in normalized.to_pylist()]  # whitespace runs count as one space
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    return fmix64(codes.astype(np.uint64) + np.uint64(0x632BE59BD9B4E019)), lengths
+
+
+def shingle_hashes(normalized: pa.Array, shingle: str, ngram: int) -> Shingles:
+    """Word or character n-gram hashes of a batch of normalized texts."""
+    tokens, lengths = (word_token_hashes if shingle == "word" else char_token_hashes)(normalized)
+    return _window_hash(tokens, lengths, ngram)
+
+
+def shingle_sets(sh: Shingles) -> Shingles:
+    """Each doc's distinct shingle hashes, sorted, for exact Jaccard checks."""
+    n = len(sh.offsets) - 1
+    doc = np.repeat(np.arange(n, dtype=np.uint64), np.diff(sh.offsets))
+    key = np.unique((doc << np.uint64(32)) | sh.hashes.astype(np.uint64))
+    owner = (key >> np.uint64(32)).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=n))]).astype(np.int64)
+    return Shingles(hashes=(key & np.uint64(0xFFFFFFFF)).astype(np.uint32), offsets=offsets)
