@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -249,7 +250,9 @@ def _mlflow_source(s: Mapping[str, Any]) -> Any:
     if "://" not in target:
         target = str(Path(target).resolve())
     try:
-        return resolve_dataset_source(target)
+        with warnings.catch_warnings():  # local paths match two equivalent resolvers; MLflow warns about it
+            warnings.simplefilter("ignore", UserWarning)
+            return resolve_dataset_source(target)
     except Exception:  # noqa: BLE001 - an fsspec scheme MLflow has no resolver for
         return HTTPDatasetSource(target)
 

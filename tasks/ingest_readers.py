@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover
 
 BLOCK_BYTES = 1 << 22
 RAW_CHARS = 2000  # how much of a bad row the quarantine keeps
+HEAD_BYTES = RAW_CHARS * 4
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
 JSON_EXT, CSV_EXT, PARQUET_EXT, TEXT_EXT = (".jsonl", ".ndjson", ".json"), (".csv", ".tsv"), (".parquet", ".pq"), \
     (".txt", ".text", ".md")
@@ -76,11 +77,15 @@ def raw_text(raw: bytes | None, value: Any = None) -> str:
         return repr(value)[:RAW_CHARS]
 
 
-def file_kind(path: str) -> str:
-    name = path.lower()
+def _strip_compression(name: str) -> str:
     for suffix in COMPRESSIONS:
         if name.endswith(suffix):
-            name = name[: -len(suffix)]
+            return name[: -len(suffix)]
+    return name
+
+
+def file_kind(path: str) -> str:
+    name = _strip_compression(path.lower())
     for kind, exts in (("json", JSON_EXT), ("csv", CSV_EXT), ("parquet", PARQUET_EXT), ("text", TEXT_EXT)):
         if name.endswith(exts):
             return kind
@@ -115,8 +120,10 @@ def parse_json_line(line: bytes, location: str) -> Row:
         return Row(location, None, line, RowError("invalid_json", str(exc)[:200]))
 
 
-def iter_lines(f: io.BufferedIOBase, stats: SourceStats, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, line) for each line; ``None`` instead of a line longer than ``max_bytes``."""
+def iter_lines(f: io.BufferedIOBase, stats: SourceStats, max_bytes: int
+               ) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, line, too long) for each line; a line longer than ``max_bytes`` comes back as its head
+    only, and is never held whole in memory."""
     carry, lineno, skipping = b"", 0, False
     while block := f.read(BLOCK_BYTES):
         stats.hasher.update(block)
@@ -124,24 +131,25 @@ def iter_lines(f: io.BufferedIOBase, stats: SourceStats, max_bytes: int) -> Iter
         lines = (carry + block).split(b"\n")
         carry = lines.pop()
         for line in lines:
-            if skipping:  # the tail of an oversize line
+            if skipping:  # the tail of an oversize line, already reported
                 skipping = False
                 continue
             lineno += 1
-            yield lineno, (line if len(line) <= max_bytes else None)
+            yield (lineno, line, False) if len(line) <= max_bytes else (lineno, line[:HEAD_BYTES], True)
         if len(carry) > max_bytes:
             if not skipping:
                 lineno += 1
-                yield lineno, None
+                yield lineno, carry[:HEAD_BYTES], True
             carry, skipping = b"", True
     if carry and not skipping:
         lineno += 1
-        yield lineno, (carry if len(carry) <= max_bytes else None)
+        yield (lineno, carry, False) if len(carry) <= max_bytes else (lineno, carry[:HEAD_BYTES], True)
 
 
 def read_json_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_bytes: int) -> Iterator[Row]:
     head = f.peek(64)[:64] if hasattr(f, "peek") else b""
-    if head.lstrip()[:1] == b"[":  # one JSON array: it has to be parsed whole
+    array = _strip_compression(path.lower()).endswith(".json") and head.lstrip()[:1] == b"["
+    if array:  # a .json file holding one JSON array: it has to be parsed whole
         data = f.read()
         stats.hasher.update(data)
         stats.bytes_read += len(data)
@@ -153,10 +161,10 @@ def read_json_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_byte
         for i, row in enumerate(rows if isinstance(rows, list) else [rows]):
             yield Row(f"{path}#{i}", row)
         return
-    for lineno, line in iter_lines(f, stats, max_bytes):
+    for lineno, line, too_long in iter_lines(f, stats, max_bytes):
         location = f"{path}:{lineno}"
-        if line is None:
-            yield Row(location, None, b"", RowError("oversize", f"line longer than {max_bytes} bytes"))
+        if too_long:
+            yield Row(location, None, line, RowError("oversize", f"line longer than {max_bytes} bytes"))
             continue
         if line.endswith(b"\r"):
             line = line[:-1]
@@ -167,10 +175,10 @@ def read_json_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_byte
 
 
 def read_text_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_bytes: int) -> Iterator[Row]:
-    for lineno, line in iter_lines(f, stats, max_bytes):
+    for lineno, line, too_long in iter_lines(f, stats, max_bytes):
         location = f"{path}:{lineno}"
-        if line is None:
-            yield Row(location, None, b"", RowError("oversize", f"line longer than {max_bytes} bytes"))
+        if too_long:
+            yield Row(location, None, line, RowError("oversize", f"line longer than {max_bytes} bytes"))
             continue
         line = line.rstrip(b"\r")
         try:
