@@ -76,7 +76,7 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> "TrainConfig":
+    def _warmup_fits(self) -> TrainConfig:
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"train.warmup_steps ({self.warmup_steps}) exceeds train.max_steps ({self.max_steps})")
         return self

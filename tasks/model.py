@@ -43,9 +43,9 @@ def resolve_dtype(model_cfg: ModelConfig, device: torch.device) -> torch.dtype:
 
 
 def _corpus_digest(corpus_dir: Path) -> str:
-    from tasks.tokenizer import record_texts
-
     import hashlib
+
+    from tasks.tokenizer import record_texts
     h = hashlib.sha256()
     for text in record_texts(corpus_dir):
         h.update(text.encode() + b"\0")

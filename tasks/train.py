@@ -23,8 +23,14 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import TrainConfig
-from tasks.model import (add_adapter, count_matmul_params, enable_checkpointing, load_base_model,
-                         load_base_tokenizer, resolve_device)
+from tasks.model import (
+    add_adapter,
+    count_matmul_params,
+    enable_checkpointing,
+    load_base_model,
+    load_base_tokenizer,
+    resolve_device,
+)
 from tasks.stage import StageOutput, digest
 from tasks.train_data import DataCursor, Row, eval_batches, load_rows, micro_batches_for_step
 from tasks.train_loss import causal_lm_loss_sum

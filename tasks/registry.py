@@ -1,0 +1,100 @@
+"""Log the trained adapter as an MLflow model that loads and generates, and register it with alias 'candidate'.
+
+A pyfunc model rather than the transformers flavour: it carries only the adapter (plus its tokenizer) and
+names its base, so an 8B base is never copied into the artifact store, yet a small local base (the offline
+tiny model) travels inside the model so it loads anywhere with no hub. ``predict`` takes prompts (user
+messages) and returns greedy completions.
+"""
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+
+from schemas.pipeline import PipelineConfig
+
+CANDIDATE_ALIAS = "candidate"
+BUNDLE_BASE_MAX_BYTES = 256 * 2**20  # bases up to this size travel inside the model
+_REQUIREMENTS = ("torch", "transformers", "peft", "safetensors", "tokenizers", "mlflow")
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for name in _REQUIREMENTS:
+        try:
+            reqs.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+class AdapterGenerator(mlflow.pyfunc.PythonModel):
+    """Base model + LoRA adapter; prompts in, greedy completions out."""
+
+    def load_context(self, context) -> None:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        conf = context.model_config
+        base = context.artifacts.get("base") or conf["base"]
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["adapter"])
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, revision=conf.get("revision"),
+                                                     trust_remote_code=bool(conf.get("trust_remote_code")))
+        self.model = PeftModel.from_pretrained(model, context.artifacts["adapter"]).to(self.device).eval()
+        self.max_new_tokens = int(conf.get("max_new_tokens", 64))
+
+    def _encode(self, prompt: str) -> list[int]:
+        if self.tokenizer.chat_template:
+            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                     add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return self.tokenizer(prompt)["input_ids"]
+
+    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
+        import torch
+
+        max_new = int((params or {}).get("max_new_tokens", self.max_new_tokens))
+        outputs = []
+        for prompt in model_input:
+            ids = torch.tensor([self._encode(str(prompt))], device=self.device)
+            with torch.no_grad():
+                out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                          max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id)
+            outputs.append(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        return outputs
+
+
+def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig) -> str:
+    """Log the adapter as a pyfunc model into the active MLflow run, register it under
+    ``cfg.tracking.register_as`` (or ``cfg.name``) and point the alias 'candidate' at the new version.
+    Returns the logged model's URI."""
+    adapter_dir = Path(adapter_dir)
+    artifacts = {"adapter": str(adapter_dir)}
+    base_path = Path(base)
+    if base_path.is_dir() and _dir_bytes(base_path) <= BUNDLE_BASE_MAX_BYTES:
+        artifacts["base"] = str(base_path)
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    model_config = {"base": base, "revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code,
+                    "max_new_tokens": 64, "method": cfg.adapter.method, "r": adapter_config.get("r")}
+    name = cfg.tracking.register_as or cfg.name
+    info = mlflow.pyfunc.log_model(
+        name="adapter", python_model=AdapterGenerator(), artifacts=artifacts, model_config=model_config,
+        registered_model_name=name, pip_requirements=_requirements(),
+        input_example=["Hello"],  # mlflow runs predict on it, so a model that cannot generate fails here
+    )
+    client = mlflow.MlflowClient()
+    version_ = str(info.registered_model_version)
+    client.set_registered_model_alias(name, CANDIDATE_ALIAS, version_)
+    for key, value in {"base": base, "method": cfg.adapter.method}.items():
+        client.set_model_version_tag(name, version_, key, value)
+    return info.model_uri

@@ -1,0 +1,52 @@
+"""log_adapter_model: the logged MLflow model is registered as 'candidate', loads offline and generates."""
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+
+from schemas.pipeline import PipelineConfig
+from schemas.train import AdapterConfig, ModelConfig
+from tasks.model import add_adapter, build_tiny_llama, load_base_model
+from tasks.registry import CANDIDATE_ALIAS, log_adapter_model
+from tasks.tokenizer import train_sample_tokenizer
+
+TEXTS = [f"what colour is the sky on day {i}? it is {'blue' if i % 2 else 'grey'}" for i in range(100)]
+
+
+@pytest.fixture()
+def tracking(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment("registry-test")
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def test_logged_adapter_is_registered_loads_and_generates(tmp_path, tracking):
+    base = tmp_path / "base"
+    train_sample_tokenizer(TEXTS, base, vocab_size=300)
+    build_tiny_llama(base, base, ModelConfig())
+    model = add_adapter(load_base_model(ModelConfig(), AdapterConfig(r=4), "cpu", base=str(base)), AdapterConfig(r=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    from tasks.tokenizer import load_tokenizer
+    load_tokenizer(str(base)).save_pretrained(adapter)
+    cfg = PipelineConfig.model_validate({"name": "tiny-test", "ingest": {"sources": [{"name": "x", "path": "x"}]},
+                                         "adapter": {"r": 4}})
+
+    with mlflow.start_run() as run:
+        uri = log_adapter_model(adapter, str(base), cfg)
+    assert run.info.run_id
+
+    version = mlflow.MlflowClient().get_model_version_by_alias("tiny-test", CANDIDATE_ALIAS)
+    assert version.run_id == run.info.run_id and version.tags["method"] == "lora"
+    loaded = mlflow.pyfunc.load_model(f"models:/tiny-test@{CANDIDATE_ALIAS}")
+    out = loaded.predict(["what colour is the sky?"], params={"max_new_tokens": 5})
+    assert isinstance(out, list) and len(out) == 1 and isinstance(out[0], str) and out[0]
+    assert uri.startswith("models:/")
