@@ -7,8 +7,16 @@ from datasketch.minhash import _fmix
 
 from tasks.dedup_cluster import union_find
 from tasks.dedup_text import Shingles, normalize, shingle_hashes
-from tasks.minhash import (band_keys, choose_bands_rows, fmix32, jaccard_pairs, permutations, recall_at,
-                           signature_jaccard, signatures)
+from tasks.minhash import (
+    band_keys,
+    choose_bands_rows,
+    fmix32,
+    jaccard_pairs,
+    permutations,
+    recall_at,
+    signature_jaccard,
+    signatures,
+)
 
 
 def _shingles(texts, shingle="word", n=5):
@@ -50,7 +58,7 @@ def test_jaccard_pairs_is_exact_set_jaccard(shingle, n):
     got = jaccard_pairs(sh, left, right)
     sets = [set(sh.hashes[sh.offsets[d]:sh.offsets[d + 1]].tolist()) for d in range(30)]
     want = [len(sets[a] & sets[b]) / len(sets[a] | sets[b]) if sets[a] | sets[b] else 0.0
-            for a, b in zip(left, right)]
+            for a, b in zip(left, right, strict=True)]
     np.testing.assert_allclose(got, want)
 
 
@@ -80,7 +88,7 @@ def test_signature_estimate_tracks_jaccard():
 
 def test_union_find_components_and_roots():
     nodes, roots = union_find(np.array([5, 1, 9, 3]), np.array([1, 2, 3, 8]))
-    comp = dict(zip(nodes.tolist(), roots.tolist()))
+    comp = dict(zip(nodes.tolist(), roots.tolist(), strict=True))
     assert comp == {1: 1, 2: 1, 5: 1, 3: 3, 8: 3, 9: 3}
 
 
