@@ -4,12 +4,7 @@ Stage ``tokenize`` reads the split stage's ``train/`` and ``eval/`` record shard
 ``eval/`` shards of TOKENIZED_SCHEMA rows (schemas/tokenize.py) plus ``rejects/``. Eval records are never
 packed into a train row: each split is packed on its own.
 
-Labels: with ``train_on="assistant"`` only assistant turns (their content and end-of-turn token) carry a
-loss; everything else is -100. The mask comes from the template's ``{% generation %}`` blocks when it has
-them (``apply_chat_template(return_assistant_tokens_mask=True)``), otherwise by finding each message's text
-verbatim in the rendered conversation (most hub templates, e.g. Llama 3 or ChatML, have no generation
-blocks). The first token of every record is always -100: nothing predicts it, and in a packed row that is
-what stops the last token of one record from being trained to predict the next record.
+Templating, prompt masking and the length policy live in tasks.chat_encode; packing in tasks.packing.
 
 Model-call convention (training and evaluation must feed rows exactly like this; tests check it):
 
@@ -25,7 +20,6 @@ records first (best-fit decreasing): shuffle rows when training.
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -41,7 +35,8 @@ from prefect import task
 from schemas.pipeline import PipelineConfig
 from schemas.record import REJECT_SCHEMA
 from schemas.tokenize import TOKENIZED_SCHEMA, TokenizeConfig
-from tasks.packing import IGNORE_INDEX, TokenizedSeq, pack_sequences, packing_efficiency, single_rows
+from tasks.chat_encode import EncodedBatch, encode_in_worker, encode_records, init_worker, mask_method
+from tasks.packing import IGNORE_INDEX, pack_sequences, packing_efficiency, single_rows
 from tasks.stage import Ledger, ShardWriter, StageOutput, digest, iter_batches, run_stage, with_reject_columns
 from tasks.tokenizer import load_tokenizer, tokenizer_digest
 
@@ -50,157 +45,6 @@ TOKENIZE_VERSION = "1"  # bump when the output of the same inputs changes
 SPLITS = ("train", "eval")
 TOKENIZE_REJECT_SCHEMA = pa.schema(list(REJECT_SCHEMA) + [pa.field("split", pa.string()),
                                                           pa.field("num_tokens", pa.int32())])
-_GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-
-@dataclass
-class Reject:
-    index: int  # row in the input batch
-    reason: str
-    detail: str
-    num_tokens: int | None = None
-
-
-@dataclass
-class EncodedBatch:
-    seqs: list[TokenizedSeq] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    truncated: int = 0
-
-
-def mask_method(tok, train_on: str) -> str:
-    """'all' (every token), 'generation' ({% generation %} blocks) or 'search' (verbatim message text)."""
-    if train_on == "all":
-        return "all"
-    return "generation" if _GENERATION_BLOCK.search(tok.chat_template or "") else "search"
-
-
-def spans_to_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-    """True for every token whose character range overlaps one of the sorted ``spans``."""
-    mask = np.zeros(len(offsets), dtype=bool)
-    if not spans or not len(offsets):
-        return mask
-    starts = np.array([s for s, _ in spans])
-    ends = np.array([e for _, e in spans])
-    first = np.searchsorted(ends, offsets[:, 0], side="right")  # first span ending after the token starts
-    ok = first < len(spans)
-    mask[ok] = offsets[ok, 1] > starts[first[ok]]
-    return mask
-
-
-def assistant_spans(text: str, conv: list[dict], control_tokens: list[str]) -> list[tuple[int, int]]:
-    """Character spans of the assistant turns in ``text``, found in message order, each extended over the
-    control token (end of turn) that follows it after optional whitespace. Raises ValueError when the
-    template rewrote a message beyond trimming it."""
-    spans, cursor = [], 0
-    for m in conv:
-        content = m["content"]
-        if not content.strip():
-            continue  # nothing to find, and nothing to learn from an empty turn
-        at = text.find(content, cursor)
-        if at < 0:
-            content = content.strip()  # some templates trim messages
-            at = text.find(content, cursor)
-        if at < 0:
-            raise ValueError(f"{m['role']} message not found verbatim in the rendered template")
-        end = at + len(content)
-        if m["role"] == "assistant":
-            rest = text[end:]
-            gap = len(rest) - len(rest.lstrip())
-            follow = next((t for t in control_tokens if rest.startswith(t, gap)), None)
-            spans.append((at, end + gap + len(follow) if follow else end))
-        cursor = end
-    return spans
-
-
-def _control_tokens(tok) -> list[str]:
-    # Longest first, so "<|eot_id|>" wins over a shorter token that happens to prefix it.
-    return sorted({t for t in tok.all_special_tokens if t} | {t.content for t in tok.added_tokens_decoder.values()},
-                  key=len, reverse=True)
-
-
-def _encode_one_batch(tok, convs: list[list[dict]], method: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    if method == "generation":
-        out = tok.apply_chat_template(convs, return_dict=True, return_assistant_tokens_mask=True)
-        return [(np.asarray(ids, dtype=np.int32), np.asarray(m, dtype=bool))
-                for ids, m in zip(out["input_ids"], out["assistant_masks"], strict=True)]
-    texts = tok.apply_chat_template(convs, tokenize=False)
-    if method == "all":
-        enc = tok(texts, add_special_tokens=False)
-        return [(np.asarray(ids, dtype=np.int32), np.ones(len(ids), dtype=bool)) for ids in enc["input_ids"]]
-    controls = _control_tokens(tok)
-    spans = [assistant_spans(t, c, controls) for t, c in zip(texts, convs, strict=True)]
-    enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return [(np.asarray(ids, dtype=np.int32), spans_to_mask(np.asarray(offs, dtype=np.int64).reshape(-1, 2), sp))
-            for ids, offs, sp in zip(enc["input_ids"], enc["offset_mapping"], spans, strict=True)]
-
-
-def _encode_isolated(tok, convs: list[list[dict]], method: str) -> list[tuple[np.ndarray, np.ndarray] | str]:
-    """Encode a batch; if it fails, encode record by record so one bad record only rejects itself."""
-    try:
-        return list(_encode_one_batch(tok, convs, method))
-    except Exception:  # noqa: BLE001  (any template or tokenizer error becomes a per-record reject below)
-        results: list[tuple[np.ndarray, np.ndarray] | str] = []
-        for conv in convs:
-            try:
-                results.extend(_encode_one_batch(tok, [conv], method))
-            except Exception as exc:  # noqa: BLE001
-                results.append(f"{type(exc).__name__}: {exc}"[:500])
-        return results
-
-
-def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig, method: str) -> EncodedBatch:
-    """Template, mask and length-police one batch of records; every record becomes a sequence or a Reject."""
-    out = EncodedBatch()
-    todo: list[tuple[int, list[dict]]] = []
-    for j, msgs in enumerate(messages):
-        conv = [{"role": m.get("role") or "", "content": m.get("content") or ""} for m in (msgs or []) if m]
-        if not conv:
-            out.rejects.append(Reject(j, "no_messages", "the record has no messages"))
-        elif cfg.train_on == "assistant" and not any(m["role"] == "assistant" and m["content"].strip()
-                                                     for m in conv):
-            out.rejects.append(Reject(j, "no_assistant_turn", "no assistant message with content"))
-        else:
-            todo.append((j, conv))
-    encoded = _encode_isolated(tok, [c for _, c in todo], method) if todo else []
-    limit = cfg.max_seq_len
-    for (j, _), enc in zip(todo, encoded, strict=True):
-        if isinstance(enc, str):
-            out.rejects.append(Reject(j, "template_error", enc))
-            continue
-        input_ids, mask = enc
-        n = len(input_ids)
-        if n == 0:
-            out.rejects.append(Reject(j, "empty_after_template", "the template rendered no tokens", 0))
-            continue
-        labels = np.where(mask, input_ids, IGNORE_INDEX).astype(np.int32)
-        labels[0] = IGNORE_INDEX
-        cut = False
-        if n > limit:
-            if cfg.overlong == "drop":
-                out.rejects.append(Reject(j, "too_long", f"{n} tokens > max_seq_len {limit}", n))
-                continue
-            input_ids, labels, cut = input_ids[:limit], labels[:limit], True
-        if not (labels != IGNORE_INDEX).any():
-            why = "truncation cut every assistant token" if cut else "the template marks no assistant tokens"
-            out.rejects.append(Reject(j, "no_loss_tokens", why, n))
-            continue
-        out.truncated += cut
-        out.seqs.append(TokenizedSeq(ids[j], input_ids, labels))
-    return out
-
-
-# --- worker processes (num_proc > 1): each loads the tokenizer once ---
-_WORKER_TOK = None
-
-
-def _init_worker(tokenizer_dir: str, revision: str | None, trust_remote_code: bool, template: str | None) -> None:
-    global _WORKER_TOK
-    _WORKER_TOK = load_tokenizer(tokenizer_dir, revision, trust_remote_code, template)
-
-
-def _encode_in_worker(ids: list[str], messages: list, cfg: TokenizeConfig, method: str) -> EncodedBatch:
-    return encode_records(_WORKER_TOK, ids, messages, cfg, method)
 
 
 def _encoded_batches(in_dir: Path, tok, cfg: TokenizeConfig, method: str, pool: ProcessPoolExecutor | None
@@ -213,7 +57,7 @@ def _encoded_batches(in_dir: Path, tok, cfg: TokenizeConfig, method: str, pool: 
         return
     pending: deque[tuple[pa.RecordBatch, Future]] = deque()
     for batch in iter_batches(in_dir, batch_size=cfg.batch_size):
-        pending.append((batch, pool.submit(_encode_in_worker, batch.column("id").to_pylist(),
+        pending.append((batch, pool.submit(encode_in_worker, batch.column("id").to_pylist(),
                                            batch.column("messages").to_pylist(), cfg, method)))
         if len(pending) >= 2 * cfg.num_proc:
             done, fut = pending.popleft()
@@ -295,7 +139,7 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
     pool = None
     if cfg.num_proc > 1:
         # spawn, not fork: the caller may be a threaded Prefect worker, and forked tokenizers deadlock.
-        pool = ProcessPoolExecutor(cfg.num_proc, mp_context=get_context("spawn"), initializer=_init_worker,
+        pool = ProcessPoolExecutor(cfg.num_proc, mp_context=get_context("spawn"), initializer=init_worker,
                                    initargs=(tokenizer_dir, revision, trust_remote_code, cfg.chat_template))
     stats: dict[str, SplitStats] = {}
     try:

@@ -10,17 +10,17 @@ import pytest
 from schemas.pipeline import PipelineConfig
 from schemas.record import RECORD_SCHEMA
 from schemas.tokenize import TOKENIZED_SCHEMA, TokenizeConfig
-from tasks.packing import IGNORE_INDEX, collate
-from tasks.stage import ShardWriter, StageOutput, read_ledger, read_table
-from tasks.tokenize import (
+from tasks.chat_encode import (
+    _render_public,
     assistant_spans,
+    encode_chats,
     encode_records,
     mask_method,
-    read_rows,
     spans_to_mask,
-    tokenize_splits,
-    tokenize_task,
 )
+from tasks.packing import IGNORE_INDEX, collate
+from tasks.stage import ShardWriter, StageOutput, read_ledger, read_table
+from tasks.tokenize import read_rows, tokenize_splits, tokenize_task
 from tasks.tokenizer import CHAT_TEMPLATE, load_tokenizer, train_sample_tokenizer
 
 WORDS = ("the model learns to answer questions about data pipelines and adapters while the user asks "
@@ -73,6 +73,19 @@ def test_labels_decode_to_exactly_the_assistant_turns(tok):
     assert tok.decode(s.input_ids[s.labels != IGNORE_INDEX], skip_special_tokens=True) == \
         "A low-rank adapter.  LoRA on 4-bit weights 🙂"
     assert (s.labels[s.labels != IGNORE_INDEX] == s.input_ids[s.labels != IGNORE_INDEX]).all()
+
+
+def test_fast_path_matches_apply_chat_template(tok):
+    convs = [MULTI, chat(("user", "a\n\n"), ("assistant", " b ")), chat(("assistant", "first")), MULTI[:3]]
+    public = tok.apply_chat_template(convs, return_dict=True, return_assistant_tokens_mask=True)
+    fast = encode_chats(tok, convs, "generation")
+    for (ids, mask), ref_ids, ref_mask in zip(fast, public["input_ids"], public["assistant_masks"], strict=True):
+        assert ids.tolist() == ref_ids and mask.astype(int).tolist() == ref_mask
+    texts, spans = _render_public(tok, convs, with_spans=True)  # the fallback gives the same masks too
+    assert texts == tok.apply_chat_template(convs, tokenize=False)
+    for text, sp, ref_mask in zip(texts, spans, public["assistant_masks"], strict=True):
+        offsets = np.asarray(tok.backend_tokenizer.encode(text, add_special_tokens=False).offsets)
+        assert spans_to_mask(offsets, sp).astype(int).tolist() == ref_mask
 
 
 def test_search_masking_for_templates_without_generation_blocks(tok_dir, tmp_path):
