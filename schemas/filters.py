@@ -216,7 +216,8 @@ class ReliabilityConfig(StrictModel):
     min_items: int = Field(5, ge=1, description="Annotators with fewer shared items are not judged.")
     min_correlation: float = Field(0.2, ge=-1, le=1, description=(
         "Pearson r with the leave-one-out consensus below which an annotator is unreliable."))
-    max_mean_abs_diff: float = Field(1.5, ge=0, description="Mean |rating - others' mean| above which unreliable.")
+    max_mean_abs_diff: float = Field(2.0, ge=0, description=(
+        "Mean |rating - others' mean| above which unreliable (catches a constant rater, whose r is undefined)."))
     exclude_unreliable: bool = Field(False, description=(
         "Leave unreliable annotators' votes out before the annotation filters aggregate (records are unchanged)."))
 

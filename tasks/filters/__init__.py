@@ -2,14 +2,27 @@
 
 A filter is a plain function ``fn(batch: FilterBatch, params) -> FilterResult`` (a keep mask and a reason per
 dropped row), registered by name in ``registry.FILTERS``; its parameters are a pydantic model in
-``schemas.filters.FILTER_PARAMS``. ``apply_filters`` runs the configured chain over a shard directory.
+``schemas.filters.FILTER_PARAMS``. ``apply_filters`` runs the configured chain over a shard directory;
+``filter_task`` is its Prefect task and ``log_filter_report_to_mlflow`` logs its report to the active run.
 """
+from __future__ import annotations
+
+from typing import Any
+
 from tasks.filters.agreement import krippendorff_alpha
 from tasks.filters.apply import STAGE, VERSION, apply_filters, run_chain
 from tasks.filters.batch import FilterBatch, FilterResult
 from tasks.filters.registry import FILTERS, build_chain, register
-from tasks.filters.task import filter_key, filter_task, log_filter_report_to_mlflow
+
+# Prefect takes seconds to import; the plain functions above do not need it, so the task loads on first use.
+_LAZY = {"filter_task", "filter_key", "log_filter_report_to_mlflow"}
 
 __all__ = ["FILTERS", "STAGE", "VERSION", "FilterBatch", "FilterResult", "apply_filters", "build_chain",
-           "filter_key", "filter_task", "krippendorff_alpha", "log_filter_report_to_mlflow", "register",
-           "run_chain"]
+           "krippendorff_alpha", "register", "run_chain", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from tasks.filters import task
+        return getattr(task, name)
+    raise AttributeError(f"module 'tasks.filters' has no attribute {name!r}")

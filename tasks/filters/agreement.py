@@ -115,6 +115,8 @@ class ReliabilityAccumulator:
         total, count = by_row.transform("sum"), by_row.transform("count")
         # Anonymous annotators (no id) still count in the others' mean but get no reliability line of their own.
         shared = rated[count >= 2]
+        if shared.empty:
+            return
         x = shared["rating"].to_numpy()
         y = ((total[count >= 2] - shared["rating"]) / (count[count >= 2] - 1)).to_numpy()
         part = pd.DataFrame({"annotator": shared["annotator"].to_numpy(), "n": 1.0, "x": x, "y": y, "xx": x * x,
