@@ -65,6 +65,10 @@ class IngestConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1, description="The datasets to read.")
     shard_rows: int = Field(50_000, ge=1, description="Rows per output Parquet shard (bounds memory).")
     max_record_bytes: int = Field(1_000_000, ge=1, description="Rows larger than this are quarantined.")
+    workers: int = Field(0, ge=0, description="Processes that convert one big JSON-lines file in parallel; "
+                                              "0 = one per CPU core, 1 = in-process only. The output "
+                                              "(ids, order, quarantine) does not depend on it.")
+    parallel_min_bytes: int = Field(64 << 20, ge=1, description="Files smaller than this are read in-process.")
 
     @model_validator(mode="after")
     def _unique_names(self) -> IngestConfig:

@@ -35,6 +35,7 @@ DEFAULT_FIELDS = {"id": "id", "meta": "meta", "messages": "messages", "role": "r
                   "system": "system", "instruction": "instruction", "input": "input", "output": "output",
                   "prompt": "prompt", "completion": "completion", "text": "text"}
 MISSING = object()
+_SKIP_CACHE: dict[frozenset, frozenset] = {}  # top-level fields consumed by a preset, per set of used fields
 
 
 class RowError(ValueError):
@@ -118,6 +119,13 @@ def parse_messages(value: Any, fields: Mapping[str, str], field: str) -> list[di
     role_key, content_key = fields["role"], fields["content"]
     out = []
     for i, m in enumerate(value):
+        if type(m) is dict:  # fast path: a well-formed message, no error text to build
+            role, content = m.get(role_key), m.get(content_key)
+            if type(role) is str and type(content) is str and content.strip():
+                canon = ROLE_ALIASES.get(role) or ROLE_ALIASES.get(role.lower())
+                if canon is not None:
+                    out.append({"role": canon, "content": content})
+                    continue
         where = f"{field}[{i}]"
         if not isinstance(m, Mapping):
             raise RowError("wrong_type", f"{where} must be an object, got {type(m).__name__}")
@@ -232,6 +240,13 @@ def build_annotations(row: Mapping, amap: Mapping[str, str]) -> tuple[list[dict]
     k_id, k_rating, k_labels = (amap.get(k, k) for k in ("annotator_id", "rating", "labels"))
     out = []
     for i, a in enumerate(value):
+        if type(a) is dict:  # fast path: string id, numeric rating, list of string labels
+            annotator, rating, labels = a.get(k_id), a.get(k_rating), a.get(k_labels)
+            if (type(annotator) is str and type(rating) in (int, float) and rating == rating
+                    and abs(rating) != float("inf") and type(labels) is list
+                    and all(type(x) is str for x in labels)):
+                out.append({"annotator_id": annotator, "rating": float(rating), "labels": labels})
+                continue
         where = f"{field}[{i}]"
         if not isinstance(a, Mapping):
             raise RowError("wrong_type", f"{where} must be an object, got {type(a).__name__}")
@@ -251,8 +266,11 @@ def build_meta(row: Mapping, fields: Mapping[str, str], used: set[str], raw_id: 
         meta.update(own)
     elif own is not MISSING and own is not None:
         meta["meta"] = own
-    skip = used | {fields["meta"], fields["id"]}
-    skip |= {p.split(".")[0] for p in skip}
+    key = frozenset(used)
+    skip = _SKIP_CACHE.get(key)
+    if skip is None:
+        skip = set(used) | {fields["meta"], fields["id"]}
+        skip = _SKIP_CACHE[key] = frozenset(skip | {p.split(".")[0] for p in skip})
     for k, v in row.items():
         if k not in skip:
             meta[k] = v
@@ -273,7 +291,7 @@ def raw_id_of(row: Mapping, fields: Mapping[str, str]) -> str | None:
 def convert_row(row: Any, preset: str, fields: Mapping[str, str], amap: Mapping[str, str]
                 ) -> tuple[str | None, list[dict], list[dict], str]:
     """(raw id, messages, annotations, meta JSON) of one source row, or RowError."""
-    if not isinstance(row, Mapping):
+    if not isinstance(row, dict):
         raise RowError("not_an_object", f"a row must be a JSON object, got {type(row).__name__}")
     raw_id = raw_id_of(row, fields)
     messages, used = build_messages(row, preset, fields)

@@ -14,140 +14,99 @@ The raw id is kept in ``meta.source_id``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 
 from schemas.ingest import IngestConfig, SourceConfig
 from schemas.pipeline import PipelineConfig
 from schemas.record import QUARANTINE_SCHEMA, RECORD_SCHEMA
 from tasks.artifacts import publish_table
-from tasks.formats import RowError, convert_row, detect_format, dumps, resolve_fields
-from tasks.ingest_readers import IngestError, Row, SourceStats, raw_text, read_source, resolve_files
-from tasks.stage import Ledger, ShardWriter, StageOutput, digest, run_stage
+from tasks.formats import resolve_fields
+from tasks.ingest_parallel import can_split, convert_split, reconcile
+from tasks.ingest_readers import IngestError, Row, SourceStats, read_file, read_hf, resolve_files
+from tasks.ingest_rows import PartResult, RowConverter, content_record_id, detect_preset, record_id
+from tasks.stage import Ledger, StageOutput, digest, run_stage, shard_paths
 
-__all__ = ["INGEST_VERSION", "IngestError", "ingest", "ingest_source", "ingest_task", "lineage_rows",
-           "log_lineage_to_mlflow", "record_id", "source_fingerprint"]
+__all__ = ["INGEST_VERSION", "IngestError", "content_record_id", "ingest", "ingest_source", "ingest_task",
+           "lineage_rows", "log_lineage_to_mlflow", "record_id", "source_fingerprint"]
 
 INGEST_VERSION = "1"
-FLUSH_ROWS = 8192  # rows buffered in Python before they go to a shard writer
 log = logging.getLogger(__name__)
 
 
-def _sha1(*parts: str) -> str:
-    return hashlib.sha1("\x1f".join(parts).encode("utf-8", errors="surrogatepass")).hexdigest()
-
-
-def record_id(source: str, raw_id: str) -> str:
-    """The stable id of a row that brought its own id."""
-    return _sha1(source, "id", raw_id)[:20]
-
-
-def content_record_id(source: str, content_hash: str, occurrence: int) -> str:
-    """The stable id of a row without an id: its content, and how many identical rows came before it."""
-    return _sha1(source, "content", content_hash, str(occurrence))[:20]
-
-
-class _Buffer:
-    """Column lists of kept records and quarantined rows, flushed to their shard writers in blocks."""
-
-    def __init__(self, data: ShardWriter, rejects: ShardWriter):
-        self.data, self.rejects = data, rejects
-        self.records: dict[str, list] = {n: [] for n in RECORD_SCHEMA.names}
-        self.bad: dict[str, list] = {n: [] for n in QUARANTINE_SCHEMA.names}
-
-    def keep(self, rid: str, source: str, messages: list, annotations: list, meta: str) -> None:
-        r = self.records
-        r["id"].append(rid)
-        r["source"].append(source)
-        r["messages"].append(messages)
-        r["annotations"].append(annotations)
-        r["meta"].append(meta)
-        if len(r["id"]) >= FLUSH_ROWS:
-            self.flush()
-
-    def quarantine(self, source: str, row: Row, err: RowError) -> None:
-        b = self.bad
-        b["source"].append(source)
-        b["location"].append(row.location)
-        b["reject_reason"].append(err.reason)
-        b["reject_detail"].append(err.detail)
-        b["raw"].append(raw_text(row.raw, row.value))
-        if len(b["source"]) >= FLUSH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.records["id"]:
-            self.data.write(pa.Table.from_pydict(self.records, schema=RECORD_SCHEMA))
-            self.records = {n: [] for n in RECORD_SCHEMA.names}
-        if self.bad["source"]:
-            self.rejects.write(pa.Table.from_pydict(self.bad, schema=QUARANTINE_SCHEMA))
-            self.bad = {n: [] for n in QUARANTINE_SCHEMA.names}
-
-
-def ingest_source(src: SourceConfig, cfg: IngestConfig, buf: _Buffer) -> dict[str, Any]:
-    """Read one source into the buffer; return its lineage (counts per reason, digest, fields)."""
+def _leading_rows(src: SourceConfig, max_bytes: int) -> Iterator[Row]:
+    """The first rows of a source, read separately, for format detection."""
     stats = SourceStats()
-    fields = resolve_fields(src.field_map)
-    amap = src.annotation_map
+    if src.path.startswith(("hf:", "disk:")):
+        yield from read_hf(src, stats)
+        return
+    fs, files = resolve_files(src.path)
+    for path in files:
+        yield from read_file(fs, path, stats, max_bytes)
+
+
+def ingest_source(src: SourceConfig, cfg: IngestConfig, out: Path, index: int) -> dict[str, Any]:
+    """Convert one source into parts of ``out``; return its lineage (counts per reason, digest, fields)."""
+    stats = SourceStats()
     preset = None if src.format == "auto" else src.format
-    dropped: Counter = Counter()
-    n_in = kept = 0
-    seen_ids: set[int] = set()  # 64-bit prefixes of record ids, enough to spot repeats in bounded memory
-    occurrences: dict[bytes, int] = {}
-    for row in read_source(src, stats, cfg.max_record_bytes):
-        n_in += 1
+    if preset is None:
+        rows = _leading_rows(src, cfg.max_record_bytes)
         try:
-            if row.error is not None:
-                raise row.error
-            value = row.value
-            if preset is None:  # format auto: the first row that fits a preset decides for the source
-                if not isinstance(value, Mapping):
-                    raise RowError("not_an_object", f"a row must be a JSON object, got {type(value).__name__}")
-                preset = detect_format(value, fields)
-                if preset is None:
-                    raise RowError("unknown_format", f"fields {sorted(map(str, value))[:8]} match no preset")
-            raw_id, messages, annotations, meta = convert_row(value, preset, fields, amap)
-            if row.raw is None:  # text rows were size-checked before parsing
-                size = len(meta) + sum(len(m["content"]) for m in messages)
-                if size > cfg.max_record_bytes:
-                    raise RowError("oversize", f"about {size} bytes > {cfg.max_record_bytes}")
-            if raw_id is not None:
-                rid = record_id(src.name, raw_id)
-                key = int(rid[:16], 16)
-                if key in seen_ids:
-                    raise RowError("duplicate_id", f"id {raw_id[:80]!r} already seen in source {src.name}")
-                seen_ids.add(key)
-            else:
-                content = hashlib.sha1(dumps(messages).encode()).digest()[:12]
-                k = occurrences.get(content, 0)
-                occurrences[content] = k + 1
-                rid = content_record_id(src.name, content.hex(), k)
-        except RowError as err:
-            dropped[err.reason] += 1
-            buf.quarantine(src.name, row, err)
-            continue
-        except Exception as exc:  # noqa: BLE001 - a row must never crash the run; keep it with the error
-            err = RowError("unreadable_row", f"{type(exc).__name__}: {str(exc)[:200]}")
-            dropped[err.reason] += 1
-            buf.quarantine(src.name, row, err)
-            continue
-        buf.keep(rid, src.name, messages, annotations, meta)
-        kept += 1
+            preset = detect_preset(rows, resolve_fields(src.field_map))
+        finally:
+            rows.close()
+    parts: list[PartResult] = []
+    conv: RowConverter | None = None
+    n_in = 0
+    if src.path.startswith(("hf:", "disk:")):
+        conv = RowConverter(src, cfg, out, f"part-{index:03d}-00000-00000", preset)
+        for row in itertools.islice(read_hf(src, stats), src.limit):
+            conv.add(row)
+    else:
+        fs, files = resolve_files(src.path)
+        for f_index, path in enumerate(files):
+            if src.limit is not None and n_in >= src.limit:
+                break
+            if can_split(fs, path, cfg, src):
+                if conv is not None:
+                    parts.append(conv.close())
+                    conv = None
+                parts += convert_split(src, cfg, path, out, f"part-{index:03d}-{f_index:05d}", preset, stats)
+                continue
+            if conv is None:
+                conv = RowConverter(src, cfg, out, f"part-{index:03d}-{f_index:05d}-00000", preset)
+            rows = read_file(fs, path, stats, cfg.max_record_bytes)
+            for row in rows:
+                conv.add(row)
+                n_in += 1
+                if src.limit is not None and n_in >= src.limit:
+                    rows.close()
+                    break
+    if conv is not None:
+        parts.append(conv.close())
+    reconcile(parts, src, cfg, out)
+    dropped: Counter = Counter()
+    for p in parts:
+        dropped.update(p.dropped)
+    n_in, kept = sum(p.n_in for p in parts), sum(p.kept for p in parts)
     if n_in == 0:
         raise IngestError(f"source {src.name}: {src.path} yields no rows")
     if kept == 0:
         log.warning("source %s (%s): every row was quarantined: %s", src.name, src.path, dict(dropped))
-    return {"name": src.name, "path": src.path, "format": preset or src.format, "weight": src.weight,
+    fmt = next((p.preset for p in parts if p.preset), preset or src.format)
+    fields = stats.fields or next((p.fields for p in parts if p.fields), {})
+    return {"name": src.name, "path": src.path, "format": fmt, "weight": src.weight,
             "files": stats.files[:50], "n_files": len(stats.files), "bytes_read": stats.bytes_read,
             "digest": stats.hasher.hexdigest()[:32], "rows_in": n_in, "kept": kept,
-            "dropped": dict(sorted(dropped.items())), "schema": stats.fields,
+            "dropped": dict(sorted(dropped.items())), "schema": fields,
             **({"split": src.split, "revision": src.revision} if src.path.startswith(("hf:", "disk:")) else {})}
 
 
@@ -156,16 +115,16 @@ def ingest(cfg: IngestConfig, out: Path) -> Ledger:
     out = Path(out)
     ledger = Ledger("ingest")
     lineage = []
-    with ShardWriter(out / "data", RECORD_SCHEMA, cfg.shard_rows) as data, \
-            ShardWriter(out / "rejects", QUARANTINE_SCHEMA, cfg.shard_rows) as rejects:
-        buf = _Buffer(data, rejects)
-        for src in cfg.sources:
-            info = ingest_source(src, cfg, buf)
-            lineage.append(info)
-            ledger.n_in += info["rows_in"]
-            ledger.kept += info["kept"]
-            ledger.dropped.update(info["dropped"])
-        buf.flush()
+    for index, src in enumerate(cfg.sources):
+        info = ingest_source(src, cfg, out, index)
+        lineage.append(info)
+        ledger.n_in += info["rows_in"]
+        ledger.kept += info["kept"]
+        ledger.dropped.update(info["dropped"])
+    for sub, schema in (("data", RECORD_SCHEMA), ("rejects", QUARANTINE_SCHEMA)):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        if not shard_paths(out / sub):  # an empty dataset still has its schema on disk
+            pq.write_table(schema.empty_table(), out / sub / "part-00000.parquet")
     ledger.extra["sources"] = lineage
     ledger.check()
     return ledger
@@ -220,7 +179,9 @@ def lineage_rows(stage: StageOutput) -> list[dict[str, Any]]:
 @task(name="ingest")
 def ingest_task(cfg: PipelineConfig) -> StageOutput:
     """Ingest the configured sources (reusing a finished output of the same sources and config)."""
-    key = digest("ingest", INGEST_VERSION, cfg.ingest, [source_fingerprint(s) for s in cfg.ingest.sources])
+    # workers changes how fast, never what: it stays out of the key
+    settings = cfg.ingest.model_dump(mode="json", exclude={"workers"})
+    key = digest("ingest", INGEST_VERSION, settings, [source_fingerprint(s) for s in cfg.ingest.sources])
     stage = run_stage(cfg.workdir, "ingest", key, lambda tmp: ingest(cfg.ingest, tmp))
     publish_table("ingest-lineage", lineage_rows(stage), description=f"Sources of config {cfg.name}")
     return stage

@@ -62,6 +62,7 @@ class SourceStats:
     hasher: Any = field(default_factory=hashlib.sha256)
     fields: dict[str, str] = field(default_factory=dict)
     bytes_read: int = 0
+    lines: int = 0
 
     def note_fields(self, row: Any) -> None:
         if not self.fields and isinstance(row, dict):
@@ -120,12 +121,14 @@ def parse_json_line(line: bytes, location: str) -> Row:
         return Row(location, None, line, RowError("invalid_json", str(exc)[:200]))
 
 
-def iter_lines(f: io.BufferedIOBase, stats: SourceStats, max_bytes: int
+def iter_lines(f: io.BufferedIOBase, stats: SourceStats, max_bytes: int, length: int | None = None
                ) -> Iterator[tuple[int, bytes, bool]]:
-    """(line number, line, too long) for each line; a line longer than ``max_bytes`` comes back as its head
-    only, and is never held whole in memory."""
+    """(line number, line, too long) for each line of the next ``length`` bytes (all by default); a line
+    longer than ``max_bytes`` comes back as its head only, and is never held whole in memory."""
     carry, lineno, skipping = b"", 0, False
-    while block := f.read(BLOCK_BYTES):
+    left = -1 if length is None else length
+    while left and (block := f.read(BLOCK_BYTES if left < 0 else min(BLOCK_BYTES, left))):
+        left -= len(block) if left > 0 else 0
         stats.hasher.update(block)
         stats.bytes_read += len(block)
         lines = (carry + block).split(b"\n")
@@ -144,12 +147,18 @@ def iter_lines(f: io.BufferedIOBase, stats: SourceStats, max_bytes: int
     if carry and not skipping:
         lineno += 1
         yield (lineno, carry, False) if len(carry) <= max_bytes else (lineno, carry[:HEAD_BYTES], True)
+    stats.lines += lineno
 
 
-def read_json_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_bytes: int) -> Iterator[Row]:
+def is_json_array(f: io.BufferedIOBase, path: str) -> bool:
+    """A .json file holding one JSON array (rather than JSON lines)."""
     head = f.peek(64)[:64] if hasattr(f, "peek") else b""
-    array = _strip_compression(path.lower()).endswith(".json") and head.lstrip()[:1] == b"["
-    if array:  # a .json file holding one JSON array: it has to be parsed whole
+    return _strip_compression(path.lower()).endswith(".json") and head.lstrip()[:1] == b"["
+
+
+def read_json_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_bytes: int,
+                   length: int | None = None) -> Iterator[Row]:
+    if length is None and is_json_array(f, path):  # one JSON array: it has to be parsed whole
         data = f.read()
         stats.hasher.update(data)
         stats.bytes_read += len(data)
@@ -161,7 +170,7 @@ def read_json_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_byte
         for i, row in enumerate(rows if isinstance(rows, list) else [rows]):
             yield Row(f"{path}#{i}", row)
         return
-    for lineno, line, too_long in iter_lines(f, stats, max_bytes):
+    for lineno, line, too_long in iter_lines(f, stats, max_bytes, length):
         location = f"{path}:{lineno}"
         if too_long:
             yield Row(location, None, line, RowError("oversize", f"line longer than {max_bytes} bytes"))
@@ -255,23 +264,32 @@ def read_parquet_file(f: Any, path: str, stats: SourceStats) -> Iterator[Row]:
     stats.bytes_read += pf.metadata.serialized_size
 
 
+def shown_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+def read_file(fs: fsspec.AbstractFileSystem, path: str, stats: SourceStats, max_bytes: int) -> Iterator[Row]:
+    """Every row of one file, by its kind."""
+    shown = shown_path(fs, path)
+    stats.files.append(shown)
+    kind = file_kind(path)
+    with fs.open(path, "rb", compression="infer") as raw:
+        f = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
+        if kind == "json":
+            yield from read_json_file(f, shown, stats, max_bytes)
+        elif kind == "text":
+            yield from read_text_file(f, shown, stats, max_bytes)
+        elif kind == "csv":
+            yield from read_csv_file(f, shown, stats)
+        else:
+            yield from read_parquet_file(f, shown, stats)
+
+
 def read_files(src: SourceConfig, stats: SourceStats, max_bytes: int) -> Iterator[Row]:
     fs, files = resolve_files(src.path)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     for path in files:
-        shown = path if protocol in ("file", "local") else f"{protocol}://{path}"
-        stats.files.append(shown)
-        kind = file_kind(path)
-        with fs.open(path, "rb", compression="infer") as raw:
-            f = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
-            if kind == "json":
-                yield from read_json_file(f, shown, stats, max_bytes)
-            elif kind == "text":
-                yield from read_text_file(f, shown, stats, max_bytes)
-            elif kind == "csv":
-                yield from read_csv_file(f, shown, stats)
-            else:
-                yield from read_parquet_file(f, shown, stats)
+        yield from read_file(fs, path, stats, max_bytes)
 
 
 def load_hf(src: SourceConfig) -> Any:
