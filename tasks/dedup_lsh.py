@@ -90,19 +90,22 @@ class Plan:
     partitions: int
     perms: tuple[np.ndarray, np.ndarray]  # datasketch's (a, b) for the first bands*rows permutations
     text_field: str | None = None  # None: records (compare cfg.text of messages); else a plain text column
+    id_field: str | None = "id"  # None: ids are the global row numbers, as strings
 
     @property
     def root(self) -> Path:
         return Path(self.work)
 
 
-def make_plan(cfg: DedupConfig, work: Path, n_docs: int, text_field: str | None = None) -> Plan:
+def make_plan(cfg: DedupConfig, work: Path, n_docs: int, text_field: str | None = None,
+              id_field: str | None = "id") -> Plan:
     bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else \
         choose_bands_rows(cfg.threshold, cfg.num_perm, cfg.target_recall)
     # pyarrow's hash group-by needs a few times the raw key bytes; keep one partition within the budget.
     partitions = cfg.partitions or max(1, math.ceil(n_docs * bands * _KEY_BYTES * 4 / (cfg.memory_mb * 2**20)))
     a, b = permutations(cfg.num_perm, cfg.seed)
-    return Plan(cfg, str(work), bands, rows, partitions, (a[:bands * rows], b[:bands * rows]), text_field)
+    return Plan(cfg, str(work), bands, rows, partitions, (a[:bands * rows], b[:bands * rows]), text_field,
+                id_field)
 
 
 def read_unit(unit: Unit, columns: list[str] | None = None) -> pa.Table:
@@ -115,6 +118,13 @@ def unit_texts(table: pa.Table, plan: Plan) -> pa.Array:
         return compared_text(table.column("messages"), plan.cfg.text)
     col = table.column(plan.text_field).combine_chunks()
     return pc.fill_null(col.cast(pa.string()), "")
+
+
+def unit_ids(table: pa.Table, unit: Unit, plan: Plan) -> pa.Array:
+    """Record ids as strings; row numbers when the input has no id field."""
+    if plan.id_field is None:
+        return pa.array(np.arange(unit.start, unit.start + unit.rows).astype(str), pa.string())
+    return table.column(plan.id_field).combine_chunks().cast(pa.string())
 
 
 def unit_scores(table: pa.Table) -> np.ndarray:
@@ -141,7 +151,7 @@ def sketch_unit(unit: Unit, plan: Plan) -> dict[str, int]:
     counts = np.diff(sh.offsets)
     idx = np.arange(unit.start, unit.start + unit.rows, dtype=np.int64)
     pq.write_table(pa.table({
-        "idx": idx, "id": table.column("id").combine_chunks().cast(pa.string()),
+        "idx": idx, "id": unit_ids(table, unit, plan),
         "score": unit_scores(table), "length": pc.utf8_length(texts).cast(pa.int64()),
         "n_shingles": counts}), root / "meta" / f"u{unit.index:06d}.parquet")
     np.save(root / "shingles" / f"u{unit.index:06d}.hashes.npy", sh.hashes)

@@ -42,6 +42,7 @@ from tasks.dedup_lsh import (
     read_unit,
     serial_map,
     sketch_unit,
+    unit_ids,
     unit_scores,
     unit_texts,
     verify_block,
@@ -129,7 +130,7 @@ def exact_unit(unit: Unit, plan: Plan) -> int:
     part = (keys[:, 1] % np.uint64(plan.partitions)).astype(np.int64)
     data = pa.table({"k1": keys[:, 0], "k2": keys[:, 1],
                      "idx": np.arange(unit.start, unit.start + unit.rows, dtype=np.int64),
-                     "id": table.column("id").combine_chunks().cast(pa.string()), "score": unit_scores(table),
+                     "id": unit_ids(table, unit, plan), "score": unit_scores(table),
                      "length": pc.utf8_length(texts).cast(pa.int64())})
     for p in range(plan.partitions):
         pq.write_table(data.filter(pa.array(part == p)), plan.root / "bands" / f"p{p:04d}" /
@@ -152,12 +153,12 @@ def exact_decisions_all(units: list[Unit], plan: Plan, mapper: Mapper) -> tuple[
 
 # ---------------------------------------------------------------------------------------------- outputs
 
-def write_unit(unit: Unit, decisions: str, out: str, stage: str | None) -> dict[str, int]:
+def write_unit(unit: Unit, plan: Plan, decisions: str, out: str, stage: str | None) -> dict[str, int]:
     """Apply the decisions to one unit: map part always; kept rows and rejects when ``stage`` is given."""
     out_dir = Path(out)
     dec = read_decisions(Path(decisions), unit.start, unit.start + unit.rows)
-    table = read_unit(unit) if stage else read_unit(unit, ["id"])
-    ids = table.column("id").combine_chunks().cast(pa.string())
+    table = read_unit(unit) if stage else read_unit(unit, [plan.id_field] if plan.id_field else [])
+    ids = unit_ids(table, unit, plan)
     pos = dec.column("idx").to_numpy() - unit.start
     cluster = np.array(ids.to_pylist(), dtype=object)
     cluster[pos] = dec.column("cluster_id").to_pylist()
@@ -197,32 +198,38 @@ def merge_map(out: Path, target: Path) -> int:
     return rows
 
 
-def dedup_dir(in_dir: Path, cfg: DedupConfig, out: Path, stage: str | None, kind: str,
-              text_field: str | None = None, mapper: Mapper | None = None) -> dict[str, Any]:
-    """Run exact or near dedup over a shard directory; writes data/rejects (for a stage), the map, the report.
+def dedup_dir(inputs: Path | list[Path], cfg: DedupConfig, out: Path, stage: str | None, kind: str,
+              text_field: str | None = None, id_field: str | None = "id", mapper: Mapper | None = None,
+              map_path: Path | None = None, report: bool = True) -> dict[str, Any]:
+    """Run exact or near dedup over Parquet shards; writes the map, the report, and for a ``stage`` the kept
+    rows (out/data) and rejects (out/rejects).
 
-    Returns the stats (also the ledger's extra): counts, LSH shape, cluster histogram, largest clusters.
+    ``inputs`` is a shard directory or a list of Parquet files. Returns the stats (the ledger's extra): counts,
+    LSH shape, cluster histogram.
     """
-    from tasks.dedup_report import write_report  # matplotlib loads only when a report is written
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "map_parts").mkdir(exist_ok=True)
     mapper = mapper or process_map(cfg.workers)
-    units = plan_units(shard_paths(in_dir), cfg.unit_rows)
+    paths = shard_paths(inputs) if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+    units = plan_units(paths, cfg.unit_rows)
     n_docs = sum(u.rows for u in units)
     work = out / "_work"
-    plan = make_plan(cfg, work, n_docs, text_field)
+    plan = make_plan(cfg, work, n_docs, text_field, id_field)
     prepare_workdir(work, plan.partitions)
     if kind == "near":
         decisions, stats = near_decisions(units, plan, mapper, splits=max(cfg.workers, 1))
     else:
         decisions, stats = exact_decisions_all(units, plan, mapper)
-    results = mapper(functools.partial(write_unit, decisions=str(decisions), out=str(out), stage=stage), units)
-    merge_map(out, out / "dedup_map.parquet")
+    results = mapper(functools.partial(write_unit, plan=plan, decisions=str(decisions), out=str(out), stage=stage),
+                     units)
+    merge_map(out, map_path or out / "dedup_map.parquet")
     dec = pq.read_table(decisions)
     stats.update(in_rows=n_docs, dropped=sum(r["dropped"] for r in results),
                  clusters=int(pc.sum(pc.invert(dec.column("is_duplicate"))).as_py() or 0),
                  cluster_sizes=cluster_sizes(dec))
-    stats["report"] = write_report(out, dec, units, plan, stats, kind)
+    if report:
+        from tasks.dedup_report import write_report  # matplotlib loads only when a report is written
+
+        stats["report"] = write_report(out, dec, units, plan, stats, kind)
     shutil.rmtree(work, ignore_errors=True)
     return stats

@@ -195,6 +195,17 @@ def enable_checkpointing(model, layers: list[int] | None = None) -> int:
     return len(wanted)
 
 
+def compile_layers(model) -> int:
+    """Compile each decoder layer in place; identical layers share the compiled code, so it compiles once."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def count_matmul_params(model) -> int:
     """Parameters that take part in a matmul per token (all but the embeddings), for the FLOPs estimate."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

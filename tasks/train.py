@@ -25,6 +25,7 @@ from schemas.pipeline import PipelineConfig
 from schemas.train import TrainConfig
 from tasks.model import (
     add_adapter,
+    compile_layers,
     count_matmul_params,
     enable_checkpointing,
     load_base_model,
@@ -146,6 +147,10 @@ def train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path
     model = add_adapter(load_base_model(cfg.model, cfg.adapter, device, base=base), cfg.adapter)
     if tc.gradient_checkpointing:
         enable_checkpointing(model, tc.checkpoint_layers)
+    if tc.compile:
+        compile_layers(model)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 LoRA matmuls
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, tc, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))

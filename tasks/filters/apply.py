@@ -7,14 +7,20 @@ that every earlier filter kept, so the first filter that rejects a record gets i
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from schemas.filters import FilterConfig
 from schemas.record import MESSAGE, RECORD_SCHEMA, REJECT_SCHEMA
@@ -22,7 +28,7 @@ from tasks.filters.agreement import AgreementAccumulator, ReliabilityAccumulator
 from tasks.filters.batch import FilterBatch
 from tasks.filters.registry import build_chain
 from tasks.filters.report import build_report, snippet, write_report
-from tasks.stage import Ledger, ShardWriter, iter_batches, with_reject_columns
+from tasks.stage import Ledger, ShardWriter, iter_batches, shard_paths, with_reject_columns
 
 STAGE = "filter"
 VERSION = "1"
@@ -38,6 +44,7 @@ class ChainOutcome:
     rejected: list[pa.Table] = field(default_factory=list)
     drops: Counter = field(default_factory=Counter)  # (filter, reason) -> rows
     stats: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)  # filter -> wall time, for the report and benchmarks
 
 
 def _with_messages(batch: FilterBatch, replace: dict[int, list[dict[str, str]]]) -> FilterBatch:
@@ -58,6 +65,7 @@ def run_chain(batch: FilterBatch, chain: list, dry_run: bool = False) -> ChainOu
     for name, fn in chain:
         if batch.n == 0:
             break
+        started = time.perf_counter()
         res = fn(batch)
         keep = np.asarray(res.keep, dtype=bool)
         if keep.shape != (batch.n,):
@@ -67,6 +75,7 @@ def run_chain(batch: FilterBatch, chain: list, dry_run: bool = False) -> ChainOu
             batch = _with_messages(batch, res.replace)
         dropped = np.flatnonzero(~keep)
         if len(dropped) == 0:
+            out.seconds[name] += time.perf_counter() - started
             continue
         reasons = [res.reason(int(i)) for i in dropped]
         details = [f"{name}: {res.detail(int(i)) or ''}".rstrip(": ") for i in dropped]
@@ -74,6 +83,7 @@ def run_chain(batch: FilterBatch, chain: list, dry_run: bool = False) -> ChainOu
         out.rejected.append(rej.append_column("reject_filter", pa.array([name] * len(dropped), pa.string())))
         out.drops.update((name, r) for r in reasons)
         batch = batch.take(np.flatnonzero(keep))
+        out.seconds[name] += time.perf_counter() - started
     out.kept = batch.table
     return out
 
@@ -85,66 +95,137 @@ def _annotation_frame(table: pa.Table, exclude: frozenset[str] = frozenset()) ->
 
 
 def measure_agreement(in_dir: Path, cfg: FilterConfig) -> tuple[dict, dict, frozenset[str]]:
-    """First pass: alpha per source, each annotator's reliability, and the annotators to leave out."""
+    """First pass: alpha per source, each annotator's reliability, and the annotators to leave out.
+
+    With unreliable annotators left out, a further narrow pass measures alpha without them too."""
+    def narrow() -> Iterator[pa.Table]:
+        # Two narrow columns only, so big batches are cheap and spare pandas its per-call overhead.
+        for rb in iter_batches(in_dir, max(cfg.batch_size, 100_000), columns=["source", "annotations"]):
+            yield pa.Table.from_batches([rb])
+
     agreement, reliability = AgreementAccumulator(), ReliabilityAccumulator()
-    # Two narrow columns only, so big batches are cheap and spare pandas its per-call overhead.
-    for rb in iter_batches(in_dir, max(cfg.batch_size, 100_000), columns=["source", "annotations"]):
-        frame = _annotation_frame(pa.Table.from_batches([rb]))
+    for table in narrow():
+        frame = _annotation_frame(table)
         agreement.add(frame)
         if cfg.reliability.enabled:
             reliability.add(frame)
     r = cfg.reliability
     annotators = reliability.report(r.min_items, r.min_correlation, r.max_mean_abs_diff) if r.enabled else {}
     exclude = frozenset(a for a, s in annotators.items() if s["unreliable"]) if r.exclude_unreliable else frozenset()
-    return agreement.report(), annotators, exclude
+    figures = agreement.report()
+    if exclude:
+        without = AgreementAccumulator()
+        for table in narrow():
+            without.add(_annotation_frame(table, exclude))
+        for source, alphas in without.report().items():
+            figures.setdefault(source, {}).update({f"{k}_reliable_only": v for k, v in alphas.items()
+                                                   if k.startswith("alpha_")})
+    return figures, annotators, exclude
+
+
+@dataclass
+class ShardOutcome:
+    """What filtering one input shard produced, beside the rows it wrote."""
+
+    n_in: int = 0
+    drops: Counter = field(default_factory=Counter)
+    stats: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)
+    examples: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+
+class _LazyWriter:
+    """A ShardWriter that creates no file until the first row, so shards without rejects leave no empty files."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, prefix: str):
+        self.args, self.writer = (directory, schema, prefix), None
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            if self.writer is None:
+                directory, schema, prefix = self.args
+                self.writer = ShardWriter(directory, schema, prefix=prefix)
+            self.writer.write(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def filter_shard(path: Path, index: int, cfg: FilterConfig, exclude: frozenset[str], out: Path) -> ShardOutcome:
+    """Second pass over one input shard; outputs are named after the shard, so their order is the input's."""
+    chain = build_chain(cfg.filters)
+    res = ShardOutcome()
+    kept_w = _LazyWriter(out / "data", RECORD_SCHEMA, f"part-{index:05d}")
+    rej_w = _LazyWriter(out / ("would_reject" if cfg.dry_run else "rejects"), FILTER_REJECT_SCHEMA,
+                        f"part-{index:05d}")
+    try:
+        for rb in pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size):
+            table = pa.Table.from_batches([rb])
+            res.n_in += table.num_rows
+            outcome = run_chain(FilterBatch(table, exclude), chain, cfg.dry_run)
+            res.drops.update(outcome.drops)
+            res.stats.update(outcome.stats)
+            res.seconds.update(outcome.seconds)
+            for rej in outcome.rejected:
+                rej_w.write(rej)
+                _collect_examples(rej, res.examples, cfg.examples_per_reason)
+            kept_w.write(table if cfg.dry_run else outcome.kept)
+    finally:
+        kept_w.close()
+        rej_w.close()
+    return res
+
+
+def _run_shards(paths: list[Path], cfg: FilterConfig, exclude: frozenset[str], out: Path) -> list[ShardOutcome]:
+    if cfg.workers <= 1 or len(paths) <= 1:
+        return [filter_shard(p, i, cfg, exclude, out) for i, p in enumerate(paths)]
+    # spawn, not fork: the parent may run Prefect's and MLflow's threads, which fork does not copy safely.
+    with ProcessPoolExecutor(min(cfg.workers, len(paths)), mp_context=get_context("spawn")) as pool:
+        return list(pool.map(filter_shard, paths, range(len(paths)), repeat(cfg), repeat(exclude), repeat(out)))
 
 
 def apply_filters(in_dir: Path, cfg: FilterConfig, out: Path) -> Ledger:
     """Stage "filter": kept rows to out/data, rejects to out/rejects (in dry-run: out/would_reject), a report."""
     in_dir, out = Path(in_dir), Path(out)
-    chain = build_chain(cfg.filters)
+    chain_names = [name for name, _ in build_chain(cfg.filters)]  # fails fast on a bad chain
+    paths = shard_paths(in_dir)
+    if not paths:
+        raise FileNotFoundError(f"filter: no Parquet shards in {in_dir}")
+    started = time.perf_counter()
     agreement, annotators, exclude = measure_agreement(in_dir, cfg)
+    seconds: Counter = Counter({"agreement_pass": time.perf_counter() - started})
+    outcomes = _run_shards(paths, cfg, exclude, out)
     ledger = Ledger(STAGE)
     drops: Counter = Counter()
     stats: Counter = Counter()
     examples: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    kept_agreement = AgreementAccumulator() if exclude else None
-    reject_dir = out / ("would_reject" if cfg.dry_run else "rejects")
-    with ShardWriter(out / "data", RECORD_SCHEMA) as kept_w, \
-            ShardWriter(reject_dir, FILTER_REJECT_SCHEMA) as rej_w:
-        for rb in iter_batches(in_dir, cfg.batch_size):
-            table = pa.Table.from_batches([rb])
-            ledger.n_in += table.num_rows
-            batch = FilterBatch(table, exclude)
-            if kept_agreement is not None:
-                kept_agreement.add(_annotation_frame(table, exclude))
-            res = run_chain(batch, chain, cfg.dry_run)
-            drops.update(res.drops)
-            stats.update(res.stats)
-            for rej in res.rejected:
-                rej_w.write(rej)
-                _collect_examples(rej, examples, cfg.examples_per_reason)
-            kept_w.write(table if cfg.dry_run else res.kept)
-    ledger.kept = ledger.n_in if cfg.dry_run else ledger.n_in - sum(drops.values())
+    for res in outcomes:  # in shard order, so the report's examples do not depend on scheduling
+        ledger.n_in += res.n_in
+        drops.update(res.drops)
+        stats.update(res.stats)
+        seconds.update(res.seconds)
+        for key, exs in res.examples.items():
+            bucket = examples.setdefault(key, [])
+            bucket.extend(exs[: cfg.examples_per_reason - len(bucket)])
+    for sub, schema in (("data", RECORD_SCHEMA), ("rejects", FILTER_REJECT_SCHEMA),
+                        ("would_reject", FILTER_REJECT_SCHEMA)):
+        if (sub != "would_reject" or cfg.dry_run) and not shard_paths(out / sub):
+            ShardWriter(out / sub, schema).close()  # an empty dataset still has its schema on disk
     by_reason: Counter = Counter()
     for (_, reason), n in drops.items():
         by_reason[reason] += n
+    ledger.kept = ledger.n_in if cfg.dry_run else ledger.n_in - sum(drops.values())
     if not cfg.dry_run:
         for reason, n in by_reason.items():
             ledger.drop(reason, n)
-    if cfg.dry_run:  # the same layout as a real run: an empty rejects/ beside would_reject/
-        ShardWriter(out / "rejects", FILTER_REJECT_SCHEMA).close()
-    if kept_agreement is not None:
-        for source, figures in kept_agreement.report().items():
-            agreement.setdefault(source, {}).update({f"{k}_reliable_only": v for k, v in figures.items()
-                                                     if k.startswith("alpha_")})
-    report = build_report(cfg, ledger.n_in, drops, stats, examples, agreement, annotators, exclude,
-                          [name for name, _ in chain])
+    report = build_report(cfg, ledger.n_in, drops, stats, examples, agreement, annotators, exclude, chain_names)
     write_report(report, out)
     ledger.extra = {"dry_run": cfg.dry_run, "agreement": agreement, "table": report["table"],
                     "stats": dict(sorted(stats.items())),
                     "unreliable_annotators": sorted(a for a, s in annotators.items() if s["unreliable"])[:100],
-                    "excluded_annotators": len(exclude)}
+                    "excluded_annotators": len(exclude),
+                    "seconds": {k: round(v, 3) for k, v in seconds.items()}}
     if cfg.dry_run:
         ledger.extra["would_drop"] = dict(sorted(by_reason.items()))
     return ledger

@@ -28,6 +28,9 @@ _PARA_SPLIT = re.compile(r"\n{2,}")
 _LINE_SPLIT = re.compile(r"\n+")
 _BULLETS = ("•", "●", "○", "▪", "-", "*", "‣", "–")
 _FINAL_PUNCT = tuple(".!?)]}\"'`:;»”’。！？")
+# Counting with C-level regexes instead of per-character Python loops: these rules run on every response.
+_NO_ALNUM_WORD = re.compile(r"(?<!\S)[^\w\s]+(?!\S)")  # a whitespace word of symbols only
+_SYMBOL_CHAR = re.compile(r"[^\w\s]")                 # not a letter, digit, underscore or space
 
 
 def _prefixed(field: str, reason: str) -> str:
@@ -134,8 +137,9 @@ def repetition_reason(text: str, p: RepetitionParams) -> tuple[str, str] | None:
             return "dup_line_frac", f"{n_dup / len(lines):.3g}>{p.max_dup_line_frac}"
         if chars / total > p.max_dup_line_char_frac:
             return "dup_line_char_frac", f"{chars / total:.3g}>{p.max_dup_line_char_frac}"
-    if p.alnum_words_only:
-        words = [w for w in words if any(c.isalnum() for c in w)]
+    if p.alnum_words_only and _NO_ALNUM_WORD.search(text):
+        symbol_words = set(_NO_ALNUM_WORD.findall(text))
+        words = [w for w in words if w not in symbol_words]
     # A repeated longer n-gram contains a repeated bigram, so text without one is done (the common, cheap case).
     bigrams = Counter(zip(words, words[1:], strict=False))
     if not bigrams or bigrams.most_common(1)[0][1] < 2:
@@ -150,7 +154,12 @@ def repetition_reason(text: str, p: RepetitionParams) -> tuple[str, str] | None:
         frac = (sum(len(w) for w in gram) + n - 1) * count / total
         if frac > limit:
             return f"top_{n}_gram", f"{frac:.3g}>{limit}"
-    for n, limit in sorted((int(k), v) for k, v in p.dup_ngram_max_frac.items()):
+    dup_limits = sorted((int(k), v) for k, v in p.dup_ngram_max_frac.items())
+    if dup_limits:
+        n = dup_limits[0][0]
+        if len(set(zip(*(words[i:] for i in range(n)), strict=False))) == len(words) - n + 1:
+            return None  # no n-gram of the smallest size repeats, so no longer one does either
+    for n, limit in dup_limits:
         if len(words) < 2 * n:
             break
         frac = _dup_ngram_chars(words, n) / total
@@ -190,11 +199,10 @@ def symbol_reason(text: str, p: SymbolRatioParams) -> tuple[str, str] | None:
         alpha = sum(any(c.isalpha() for c in w) for w in words) / n_words
         if alpha < p.min_alpha_word_frac:
             return "low_alpha_words", f"{alpha:.3g}<{p.min_alpha_word_frac}"
-    alnum = sum(any(c.isalnum() for c in w) for w in words) / n_words
+    alnum = 1.0 - len(_NO_ALNUM_WORD.findall(text)) / n_words
     if alnum < p.min_alnum_word_frac:
         return "low_alnum_words", f"{alnum:.3g}<{p.min_alnum_word_frac}"
-    chars = "".join(words)
-    non_alnum = sum(not c.isalnum() for c in chars) / len(chars)
+    non_alnum = len(_SYMBOL_CHAR.findall(text)) / sum(map(len, words))
     if non_alnum > p.max_non_alnum_char_frac:
         return "non_alnum_chars", f"{non_alnum:.3g}>{p.max_non_alnum_char_frac}"
     return None
