@@ -229,6 +229,8 @@ class FilterConfig(StrictModel):
     reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
     examples_per_reason: int = Field(3, ge=0, le=100, description="Rejected examples shown per reason in the report.")
     batch_size: int = Field(10_000, ge=1, description="Rows per batch read from the input shards.")
+    workers: int = Field(1, ge=1, description=(
+        "Processes filtering input shards in parallel (spawned; worth it from ~100k records). 1 = in process."))
 
 
 class SplitConfig(StrictModel):

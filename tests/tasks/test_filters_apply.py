@@ -156,3 +156,17 @@ def test_ledger_conservation_over_the_whole_chain(recs, batch_size, dry_run):
             assert ledger.kept == len(kept_ids)
             assert sorted(kept_ids + rej_ids) == sorted(r["id"] for r in rows)   # every record exactly once
             assert Counter(rejects.column("reject_reason").to_pylist()) == ledger.dropped
+
+
+def test_parallel_workers_give_the_same_outputs_in_the_same_order(tmp_path):
+    src = write_shards(tmp_path / "in", PLANTED * 3, per_shard=7)
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        out.mkdir()
+        ledger = apply_filters(src, FilterConfig(workers=workers, batch_size=4), out)
+        outs[workers] = (ledger.to_dict()["dropped"], read_table(out / "data").to_pylist(),
+                         read_table(out / "rejects").to_pylist(), json.loads((out / "report.json").read_text()))
+    assert outs[1][:3] == outs[2][:3]
+    assert outs[1][3]["examples"] == outs[2][3]["examples"]
+    assert [r["id"] for r in outs[1][1]] == [r["id"] for r in PLANTED * 3 if r["id"] in {"clean1", "clean2", "pii"}]
