@@ -19,8 +19,8 @@ class TokenizeConfig(StrictModel):
     chat_template: str | None = Field(None, description="Jinja chat template used when the tokenizer has none.")
     num_proc: int = Field(1, ge=1, description="Processes for batched tokenization.")
     batch_size: int = Field(1000, ge=1, description="Records per tokenizer call.")
-    pack_window: int = Field(200_000, ge=1, description="Sequences packed together at most; bounds memory "
-                                                        "on big corpora at a tiny cost in packing efficiency.")
+    pack_window: int = Field(50_000, ge=1, description="Sequences packed together at most; bounds memory "
+                                                       "on big corpora at a tiny cost in packing efficiency.")
 
 
 # One tokenized row: one or more whole records laid end to end (see tasks.packing).

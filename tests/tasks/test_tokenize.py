@@ -215,6 +215,17 @@ def test_num_proc_gives_the_same_rows(tok_dir, tmp_path):
     assert one.kept == two.kept and one.dropped == two.dropped
 
 
+def test_empty_eval_split_and_small_pack_window(tok_dir, tmp_path):
+    split = make_split(tmp_path, n_train=20, n_eval=0)
+    write_records(split / "eval", [])
+    cfg = TokenizeConfig(max_seq_len=128, batch_size=4, pack_window=6)
+    ledger = tokenize_splits(split, str(tok_dir), cfg, tmp_path / "out")
+    ledger.check()
+    assert ledger.extra["eval_rows"] == 0 and read_table(tmp_path / "out" / "eval").num_rows == 0
+    ids = [i for ids in read_table(tmp_path / "out" / "train")["record_ids"].to_pylist() for i in ids]
+    assert sorted(ids) == sorted(f"t{i}" for i in range(20))  # windows still place every record once
+
+
 def test_missing_split_is_a_clear_error(tok_dir, tmp_path):
     write_records(tmp_path / "split" / "train", [])
     with pytest.raises(FileNotFoundError, match="no 'eval' split"):
@@ -232,6 +243,8 @@ def test_task_caches_by_content(tok_dir, tmp_path):
     again = tokenize_task.fn(upstream, str(tok_dir), cfg)
     assert again.path == first.path and (again.path / "stats.json").stat().st_mtime_ns == stamp
     assert read_ledger(first.path).kept == 8
+    faster = cfg.model_copy(update={"tokenize": TokenizeConfig(max_seq_len=128, num_proc=4)})
+    assert tokenize_task.fn(upstream, str(tok_dir), faster).path == first.path  # num_proc never changes rows
     other = tokenize_task.fn(upstream, str(tok_dir), cfg.model_copy(update={"tokenize": TokenizeConfig(max_seq_len=64)}))
     assert other.path != first.path
     assert json.loads((other.path / "stats.json").read_text())["extra"]["max_seq_len"] == 64
