@@ -54,8 +54,8 @@ def prefect_db_url(postgres: str | None, home: Path) -> str:
 
 
 def mlflow_db_url(postgres: str | None, sqlite_path: Path) -> str:
-    if postgres:
-        return postgres.rstrip("/") + "/mlflow"
+    if postgres:  # psycopg2 named explicitly: SQLAlchemy 2.1 defaults postgresql:// to psycopg 3
+        return postgres.replace("postgresql://", "postgresql+psycopg2://", 1).rstrip("/") + "/mlflow"
     return f"sqlite:///{sqlite_path}"
 
 
