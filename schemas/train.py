@@ -70,6 +70,8 @@ class TrainConfig(StrictModel):
         "auto", description="'chunked' fuses the lm_head with the cross-entropy chunk by chunk so the full "
                             "logits never exist; 'auto' uses it on CUDA.")
     loss_chunk_tokens: int = Field(2048, ge=16, description="Tokens per chunk of the chunked loss.")
+    compile: bool = Field(False, description="torch.compile each decoder layer (regional compilation: one "
+                                             "compile serves every layer); fuses the small ops around the matmuls.")
     merged_export: bool = Field(False, description="Also write the base with the adapter merged in, in bf16 "
                                                    "(QLoRA: into an unquantized copy of the base).")
     seed: int = Field(0, description="Seed of weights init, data order and dropout.")
