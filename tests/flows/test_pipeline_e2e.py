@@ -24,7 +24,7 @@ def run(tmp_path_factory):
         f"ingest.sources.0.path={ROOT / 'data/sample.jsonl'}", "train.max_steps=12", "train.eval_every=6",
         "train.save_every=6"])
     from flows.pipeline import pipeline_flow
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=None):  # the env default: 120 s on busy CI cores
         result = pipeline_flow(cfg)
     stages = {p.parent.name: p for p in Path(cfg.workdir, "stages").glob("*/*") if (p / "_SUCCESS").exists()}
     return cfg, result, stages
