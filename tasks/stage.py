@@ -53,7 +53,7 @@ class Ledger:
                 "dropped": dict(sorted(self.dropped.items())), **({"extra": self.extra} if self.extra else {})}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Ledger":
+    def from_dict(cls, d: dict[str, Any]) -> Ledger:
         return cls(stage=d.get("stage", ""), n_in=d["in"], kept=d["kept"], dropped=Counter(d.get("dropped", {})),
                    extra=d.get("extra", {}))
 
@@ -161,7 +161,7 @@ class ShardWriter:
             pq.write_table(self.schema.empty_table(), self.directory / f"{self.prefix}-00000.parquet")
         return self.rows
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

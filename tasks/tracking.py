@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,8 +109,10 @@ def log_curated_dataset(split: StageOutput, name: str, preview_rows: int = 1000)
         digests[part] = content_digest(directory)
         preview = read_table(directory, columns=["id", "source", "messages"]).slice(0, preview_rows).to_pandas()
         preview["messages"] = preview["messages"].map(lambda m: json.dumps(list(m)))
-        dataset = mlflow.data.from_pandas(preview, source=str(directory.resolve()), name=f"{name}-{part}",
-                                          digest=digests[part])
+        with warnings.catch_warnings():  # a local path matches two equivalent source resolvers
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(preview, source=str(directory.resolve()), name=f"{name}-{part}",
+                                              digest=digests[part])
         mlflow.log_input(dataset, context=context)
     return digests
 
