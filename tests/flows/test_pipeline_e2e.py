@@ -6,7 +6,6 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from peft import PeftModel
-from prefect.testing.utilities import prefect_test_harness
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from schemas.pipeline import load_config
@@ -17,15 +16,14 @@ SAMPLE_LINES = sum(1 for _ in open(ROOT / "data/sample.jsonl", "rb"))
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, prefect_harness):
     tmp = tmp_path_factory.mktemp("e2e")
     cfg = load_config(ROOT / "configs/sample.yaml", [
         f"workdir={tmp / 'work'}", f"tracking.tracking_uri=sqlite:///{tmp / 'mlruns.db'}",
         f"ingest.sources.0.path={ROOT / 'data/sample.jsonl'}", "train.max_steps=12", "train.eval_every=6",
         "train.save_every=6"])
     from flows.pipeline import pipeline_flow
-    with prefect_test_harness(server_startup_timeout=None):  # the env default: 120 s on busy CI cores
-        result = pipeline_flow(cfg)
+    result = pipeline_flow(cfg)
     stages = {p.parent.name: p for p in Path(cfg.workdir, "stages").glob("*/*") if (p / "_SUCCESS").exists()}
     return cfg, result, stages
 
