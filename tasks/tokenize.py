@@ -90,6 +90,7 @@ class SplitStats:
     loss_tokens: int = 0
     truncated: int = 0
     dropped: Counter = field(default_factory=Counter)
+    first_reject: str = ""
 
 
 def tokenize_split(in_dir: Path, split: str, tok, cfg: TokenizeConfig, rows_out: ShardWriter, rejects: ShardWriter,
@@ -116,6 +117,7 @@ def tokenize_split(in_dir: Path, split: str, tok, cfg: TokenizeConfig, rows_out:
                      .append_column("num_tokens", pa.array([r.num_tokens for r in enc.rejects], pa.int32())))
             rejects.write(table)
             stats.dropped.update(r.reason for r in enc.rejects)
+            stats.first_reject = stats.first_reject or f"{enc.rejects[0].reason}: {enc.rejects[0].detail}"
         stats.kept += len(enc.seqs)
         stats.truncated += enc.truncated
         stats.tokens += sum(len(s) for s in enc.seqs)
@@ -151,10 +153,13 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
         if pool is not None:
             pool.shutdown()
     seconds = time.perf_counter() - start
+    tr, ev = stats["train"], stats["eval"]
+    if tr.records and not tr.kept:  # training on nothing would fail later, far from the cause
+        raise ValueError(f"tokenize: all {tr.records} train records were rejected {dict(tr.dropped)}; "
+                         f"first reason: {tr.first_reject}")
     ledger = Ledger(STAGE, n_in=sum(s.records for s in stats.values()), kept=sum(s.kept for s in stats.values()))
     for s in stats.values():
         ledger.dropped.update(s.dropped)
-    tr, ev = stats["train"], stats["eval"]
     ledger.extra = {
         "packing_efficiency": round(packing_efficiency(tr.tokens, tr.rows, cfg.max_seq_len), 4),
         "eval_packing_efficiency": round(packing_efficiency(ev.tokens, ev.rows, cfg.max_seq_len), 4),

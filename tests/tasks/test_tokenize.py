@@ -226,6 +226,13 @@ def test_empty_eval_split_and_small_pack_window(tok_dir, tmp_path):
     assert sorted(ids) == sorted(f"t{i}" for i in range(20))  # windows still place every record once
 
 
+def test_all_train_records_rejected_is_a_clear_error(tok_dir, tmp_path):
+    write_records(tmp_path / "split" / "train", [record("q", chat(("user", "no answer")))])
+    write_records(tmp_path / "split" / "eval", [])
+    with pytest.raises(ValueError, match="all 1 train records were rejected.*no_assistant_turn"):
+        tokenize_splits(tmp_path / "split", str(tok_dir), TokenizeConfig(), tmp_path / "out")
+
+
 def test_missing_split_is_a_clear_error(tok_dir, tmp_path):
     write_records(tmp_path / "split" / "train", [])
     with pytest.raises(FileNotFoundError, match="no 'eval' split"):
