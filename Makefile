@@ -44,14 +44,30 @@ data:  ## regenerate the bundled sample (deterministic)
 	$(BIN)/python data/make_sample.py
 
 ui: venv  ## Prefect UI on :4200 and MLflow UI on :5000, both on 127.0.0.1 with SQLite
-	mkdir -p .cache
-	nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .cache/prefect-server.log 2>&1 &
-	nohup $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlruns.db > .cache/mlflow-server.log 2>&1 &
-	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)   MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)"
-	@echo "To send flow runs to this Prefect server: export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api"
+	$(BIN)/python scripts/servers.py start --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT)
 
-ui-stop:
-	-pkill -f "prefect server start" ; pkill -f "mlflow server"
+ui-stop:  ## stop what `make ui`, `make ui-postgres` and `make worker` started (by pid, nothing else)
+	$(BIN)/python scripts/servers.py stop
+	if [ -f .cache/pg/data/postmaster.pid ]; then $(BIN)/python scripts/postgres.py stop --dir .cache/pg; fi
+
+# Deployments (docs/deploy.md): servers, work pools + the `gpu` concurrency limit, a worker, prefect.yaml.
+PG_PORT ?= 5433
+GPUS    ?= 1
+POOL    ?= peftpipe-cpu
+API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+.PHONY: ui-postgres worker deploy
+
+ui-postgres: venv  ## the production profile, locally: both servers on a PostgreSQL cluster in .cache/pg
+	$(BIN)/python scripts/postgres.py start --dir .cache/pg --port $(PG_PORT)
+	$(BIN)/python scripts/servers.py start --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
+		--postgres postgresql://postgres@127.0.0.1:$(PG_PORT)
+
+worker: venv  ## work pools and the gpu concurrency limit, then a process worker on POOL (default peftpipe-cpu)
+	$(BIN)/python scripts/servers.py setup --api-url $(API_URL) --gpus $(GPUS)
+	$(BIN)/python scripts/servers.py worker --api-url $(API_URL) --pool $(POOL)
+
+deploy: venv  ## create the curate, train and pipeline deployments of prefect.yaml on the server
+	PREFECT_API_URL=$(API_URL) $(BIN)/prefect --no-prompt deploy --all
 
 clean:
 	rm -rf work mlruns.db mlartifacts mlruns .cache

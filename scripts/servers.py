@@ -251,8 +251,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(f"Prefect UI: {prefect['url']}   (database {prefect['db']})")
     print(f"MLflow UI:  {mlflow['url']}   (database {mlflow['db']})")
     print(f"Send flow runs there:  export PREFECT_API_URL={prefect['url']}/api")
-    if args.postgres:
-        print(f"and MLflow runs:       export PEFTPIPE_SET='tracking.tracking_uri={mlflow['url']}'")
+    if args.postgres:  # runs must log to the MLflow server, not to the default config's SQLite file
+        print(f"MLflow runs of workers: export PEFTPIPE_SET='tracking.tracking_uri={mlflow['url']}' "
+              "before `make worker`")
+        print(f"MLflow runs of the CLI: peftpipe run --set tracking.tracking_uri={mlflow['url']}")
     return 0
 
 
