@@ -102,6 +102,27 @@ def test_search_masking_for_templates_without_generation_blocks(tok_dir, tmp_pat
     assert loss_text(tok, s) == "A low-rank adapter.<|eot_id|>  LoRA on 4-bit weights 🙂<|eot_id|>yes<|eot_id|>"
 
 
+# Meta-Llama-3-8B-Instruct's own template: no {% generation %} blocks, and it trims every message.
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}")
+
+
+def test_search_masking_with_the_llama3_hub_template(tok_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    hub_like = AutoTokenizer.from_pretrained(str(tok_dir))
+    hub_like.chat_template = LLAMA3_TEMPLATE
+    hub_like.save_pretrained(tmp_path / "llama3")
+    tok = load_tokenizer(str(tmp_path / "llama3"))
+    (s,) = encode_records(tok, ["m"], [MULTI], TokenizeConfig(), mask_method(tok, "assistant")).seqs
+    assert mask_method(tok, "assistant") == "search"
+    assert loss_text(tok, s) == "A low-rank adapter.<|eot_id|>LoRA on 4-bit weights 🙂<|eot_id|>"
+
+
 def test_assistant_spans_and_mask_on_chatml_text():
     conv = chat(("user", "hi"), ("assistant", "hello"), ("user", "bye"), ("assistant", " ciao "))
     rendered = ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
