@@ -1,0 +1,303 @@
+"""Recovery and safety around a pipeline run: stale MLflow runs, preflight checks, secret scrubbing.
+
+A ``kill -9`` runs no handler, so the MLflow run of a killed attempt stays RUNNING for ever. Each run is
+tagged with its owner (host, pid, pid start time); the next start on that host marks RUNNING runs whose owner
+is gone as FAILED. Preflight checks fail fast, with the URL or path in the message, before curation or any
+GPU time: an unreachable MLflow or Prefect server, a workdir that cannot be written or has no room.
+Secrets (tokens in the environment, passwords in URLs) are scrubbed from MLflow params and from log records.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+OWNER_HOST_TAG = "peftpipe.host"
+OWNER_PID_TAG = "peftpipe.pid"
+OWNER_START_TAG = "peftpipe.pid_start"
+FAILURE_TAG = "peftpipe.failure"
+REDACTED = "***"
+
+
+# --------------------------------------------------------------------------- stale runs of killed attempts
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), which tells a reused pid from the owner."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def pid_alive(pid: int, start_time: str | None = None) -> bool:
+    """True when ``pid`` runs and, if ``start_time`` is known, is the same process that was recorded."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        pass
+    if start_time is not None:
+        now = process_start_time(pid)
+        if now is not None and now != start_time:
+            return False
+    return True
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags that say which process owns an MLflow run, for :func:`mark_stale_runs_failed`."""
+    pid = os.getpid()
+    tags = {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(pid)}
+    if (start := process_start_time(pid)) is not None:
+        tags[OWNER_START_TAG] = start
+    return tags
+
+
+def mark_stale_runs_failed(tracking_uri: str, experiment: str) -> list[str]:
+    """Mark RUNNING runs of ``experiment`` whose owner process on this host is gone as FAILED; return their ids.
+
+    Runs owned by another host, or without owner tags, are left alone: their liveness cannot be told here.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    stale = []
+    for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        tags = run.data.tags
+        if tags.get(OWNER_HOST_TAG) != host or not tags.get(OWNER_PID_TAG, "").isdigit():
+            continue
+        pid = int(tags[OWNER_PID_TAG])
+        if pid == os.getpid() or pid_alive(pid, tags.get(OWNER_START_TAG)):
+            continue
+        client.set_tag(run.info.run_id, FAILURE_TAG, f"owner process {pid} on {host} ended without closing the "
+                                                     "run (killed); marked FAILED at the next start")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        stale.append(run.info.run_id)
+    return stale
+
+
+def sweep_stale_tmp(workdir: str | Path) -> list[Path]:
+    """Remove ``.KEY.tmp-PID`` stage and checkpoint leftovers of dead processes under ``workdir``.
+
+    They are never read (only renamed, complete outputs are), but they hold disk space. A live pid's
+    directory is another run at work and is kept.
+    """
+    removed = []
+    root = Path(workdir)
+    if not root.is_dir():
+        return removed
+    for tmp in root.glob("**/.*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if tmp.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+# --------------------------------------------------------------------------- preflight
+
+class PreflightError(RuntimeError):
+    """A server or directory the run needs is not usable; the message names it and says what to do."""
+
+
+def _get(url: str, timeout: float) -> int:
+    parts = urllib.parse.urlsplit(url)
+    headers = {"User-Agent": "peftpipe-preflight"}
+    if parts.username is not None:  # urllib does not take credentials from the URL: send them as Basic auth
+        user_pw = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(user_pw.encode()).decode()
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:  # it answered: reachable, the status says the rest
+        return exc.code
+
+
+def check_http(url: str, what: str, hint: str, timeout: float = 5.0, attempts: int = 2,
+               backoff: float = 1.0) -> None:
+    """GET ``url`` up to ``attempts`` times; raise PreflightError naming the server and URL if none answers."""
+    shown = redact_url(url)
+    error: str = ""
+    for attempt in range(attempts):
+        try:
+            status = _get(url, timeout)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            error = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
+        else:
+            if status in (401, 403):
+                raise PreflightError(f"{what} at {shown} refused our credentials (HTTP {status}). {hint}")
+            if status >= 500:
+                error = f"HTTP {status}"
+            else:
+                return
+        if attempt + 1 < attempts:
+            time.sleep(backoff * 2**attempt)
+    raise PreflightError(f"{what} at {shown} cannot be reached after {attempts} attempt(s) ({error}). {hint}")
+
+
+def check_tracking(tracking_uri: str, timeout: float = 5.0, attempts: int = 2) -> None:
+    """An http(s) MLflow server must answer; a SQLite or file store must be in a writable directory."""
+    parsed = urllib.parse.urlparse(tracking_uri)
+    if parsed.scheme in ("http", "https"):
+        check_http(tracking_uri.rstrip("/") + "/health", "MLflow tracking server",
+                   "Start it (`make ui`) or set tracking.tracking_uri, e.g. sqlite:///mlruns.db.",
+                   timeout, attempts)
+    elif parsed.scheme == "sqlite":
+        path = tracking_uri.split(":///", 1)[-1] if ":///" in tracking_uri else ""
+        if path and path != ":memory:":
+            check_writable_dir(Path(path).parent, "tracking.tracking_uri's SQLite directory")
+    elif parsed.scheme in ("", "file"):
+        check_writable_dir(Path(parsed.path or tracking_uri), "tracking.tracking_uri's directory")
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API the run will talk to; None means Prefect's temporary local server."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+def check_prefect(timeout: float = 5.0, attempts: int = 2) -> None:
+    """When PREFECT_API_URL (or the active profile) names a server, it must answer its health check."""
+    url = prefect_api_url()
+    if url:
+        check_http(url.rstrip("/") + "/health", "Prefect server (PREFECT_API_URL)",
+                   "Start it (`make ui`), or unset PREFECT_API_URL to use a temporary local server.",
+                   timeout, attempts)
+
+
+def check_writable_dir(path: str | Path, what: str, min_free_mb: float = 0) -> None:
+    """Create ``path`` if needed, write and fsync a probe file in it, and check the free space."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".peftpipe-probe-") as probe:
+            probe.write(b"x" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise PreflightError(f"{what} {path} is not writable: {exc.strerror or exc}. "
+                             "Choose another directory or fix its permissions.") from None
+    free_mb = shutil.disk_usage(path).free / 2**20
+    if free_mb < min_free_mb:
+        raise PreflightError(f"{what} {path} has only {free_mb:.0f} MiB free; at least {min_free_mb:.0f} MiB "
+                             "are needed (PEFTPIPE_MIN_FREE_MB).")
+
+
+def preflight(cfg: Any, check_servers: bool = True) -> None:
+    """Every check a run needs before it starts; raises one PreflightError listing all problems found.
+
+    Policy (environment): PEFTPIPE_PREFLIGHT_TIMEOUT seconds per request (5), PEFTPIPE_PREFLIGHT_ATTEMPTS (2,
+    with 1 s, 2 s... between them), PEFTPIPE_MIN_FREE_MB free space in the workdir (256).
+    """
+    timeout = float(os.environ.get("PEFTPIPE_PREFLIGHT_TIMEOUT", "5"))
+    attempts = max(1, int(os.environ.get("PEFTPIPE_PREFLIGHT_ATTEMPTS", "2")))
+    min_free = float(os.environ.get("PEFTPIPE_MIN_FREE_MB", "256"))
+    problems = []
+    checks = [lambda: check_writable_dir(cfg.workdir, "workdir", min_free)]
+    if check_servers:
+        checks += [lambda: check_tracking(cfg.tracking.tracking_uri, timeout, attempts),
+                   lambda: check_prefect(timeout, attempts)]
+    for check in checks:
+        try:
+            check()
+        except PreflightError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise PreflightError("preflight failed:\n  " + "\n  ".join(problems))
+
+
+# --------------------------------------------------------------------------- secrets
+
+# Exact names, then suffixes: any variable named like a credential is treated as one.
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "MLFLOW_TRACKING_TOKEN",
+                   "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                   "WANDB_API_KEY", "OPENAI_API_KEY", "DATABRICKS_TOKEN", "GITHUB_TOKEN")
+SECRET_SUFFIXES = ("_TOKEN", "_SECRET", "_PASSWORD", "_API_KEY", "_SECRET_KEY")
+_TOKEN_PATTERNS = (
+    re.compile(r"\bhf_[A-Za-z0-9]{20,}"),            # Hugging Face
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"),     # GitHub
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{20,}"),         # OpenAI-style keys
+    re.compile(r"\bpnu_[A-Za-z0-9]{20,}"),           # Prefect Cloud
+)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)(?P<pw>[^@\s/]+)(?=@)")
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of credential-like environment variables (long enough not to match ordinary words)."""
+    env = os.environ if environ is None else environ
+    names = {k for k in env if k in SECRET_ENV_VARS or k.upper().endswith(SECRET_SUFFIXES)}
+    return sorted({env[k] for k in names if len(env[k]) >= 6}, key=len, reverse=True)
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host``."""
+    return _URL_PASSWORD.sub(lambda m: m["head"] + REDACTED, url)
+
+
+def scrub(text: str, extra: Iterable[str] = ()) -> str:
+    """Replace secret env values, known token shapes and URL passwords in ``text`` by ``***``."""
+    for value in [*secret_values(), *extra]:
+        if value and value in text:
+            text = text.replace(value, REDACTED)
+    for pattern in _TOKEN_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return redact_url(text)
+
+
+def scrub_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """Scrubbed copies of MLflow params (or tags); keys named like a credential lose their value entirely."""
+    out = {}
+    for key, value in params.items():
+        leaf = key.rsplit(".", 1)[-1].lower()
+        out[key] = REDACTED if leaf in ("token", "password", "api_key", "secret") and value not in ("", "None") \
+            else scrub(str(value))
+    return out
+
+
+_installed = False
+
+
+def install_log_scrubber() -> None:
+    """Scrub every log record as it is created, so Prefect's API log handler and the console never see a
+    secret (a record factory covers all loggers, including ones configured later)."""
+    global _installed
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is the logger's problem, not ours
+            return record
+        cleaned = scrub(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, ()
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
