@@ -93,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"peftpipe: {exc}", file=sys.stderr)
         return 2
+    from tasks.recovery import PreflightError, install_log_scrubber, preflight
+    install_log_scrubber()  # no token in Prefect's logs or the console
+    try:  # unreachable servers, unwritable or full workdir: fail before curation or GPU time
+        preflight(cfg)
+    except PreflightError as exc:
+        print(f"peftpipe: {exc}", file=sys.stderr)
+        return 3
     return _run_flow(args.flow, cfg)
 
 

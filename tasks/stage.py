@@ -111,9 +111,17 @@ def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], L
         ledger.stage = ledger.stage or name
         ledger.write(tmp)
         (tmp / SUCCESS).write_text("")
+        # A concurrent run with the same key may have finished first: its output is the same and may be
+        # being read, so keep it rather than delete it under the reader.
+        if is_complete(final):
+            return StageOutput(name, key, final)
         if final.exists():  # an incomplete leftover from a killed run
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # the concurrent run renamed its output in between
+            if not is_complete(final):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return StageOutput(name, key, final)

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from schemas.pipeline import PipelineConfig
+from tasks import recovery
 from tasks.stage import StageOutput, iter_batches, read_table
 
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -60,13 +61,14 @@ def configure(cfg: PipelineConfig) -> None:
 def pipeline_run(cfg: PipelineConfig, flow_name: str) -> Iterator[mlflow.ActiveRun]:
     """Start the MLflow run of one pipeline run; mark it FAILED if the body raises (or is interrupted)."""
     configure(cfg)
+    recovery.mark_stale_runs_failed(cfg.tracking.tracking_uri, cfg.tracking.experiment)  # killed attempts
     name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {"peftpipe.flow": flow_name, "peftpipe.config": cfg.name}
+    tags = {"peftpipe.flow": flow_name, "peftpipe.config": cfg.name, **recovery.owner_tags()}
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
     run = mlflow.start_run(run_name=name, tags=tags)
     try:
-        mlflow.log_params(flatten(cfg.model_dump(mode="json")))
+        mlflow.log_params(recovery.scrub_params(flatten(cfg.model_dump(mode="json"))))
         yield run
     except BaseException:
         mlflow.end_run(status="FAILED")
