@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.filters import FilterConfig  # noqa: E402
+from schemas.filters import FilterConfig, RepetitionParams  # noqa: E402
 from schemas.record import RECORD_SCHEMA  # noqa: E402
 from tasks.filters import apply_filters  # noqa: E402
 from tasks.filters.pii import redact  # noqa: E402
@@ -150,6 +151,32 @@ def row_by_row(rows: list[dict], cfg: FilterConfig) -> list[str | None]:
     return out
 
 
+def gopher_side_by_side(texts: list[str], datatrove_python: str, tmp: Path) -> dict:
+    """Our Gopher repetition rules vs datatrove's GopherRepetitionFilter on the same texts, same thresholds."""
+    pq.write_table(pa.table({"text": texts}), tmp / "texts.parquet")
+    script = Path(__file__).with_name("filters_gopher_ref.py")
+    subprocess.run([datatrove_python, str(script), "--texts", str(tmp / "texts.parquet"),
+                    "--out", str(tmp / "ref.json")], check=True)
+    ref = json.loads((tmp / "ref.json").read_text())
+    # Gopher as published: every word counts, a top n-gram counts once seen, no minimum length.
+    gopher = RepetitionParams(top_ngram_min_count=1, min_words=0, alnum_words_only=False)
+    ours = {}
+    for name, params in (("gopher_settings", gopher), ("default_settings", RepetitionParams())):
+        c0 = time.process_time()
+        decisions = [repetition_reason(t, params) for t in texts]
+        cpu = time.process_time() - c0
+        ours[name] = {"cpu_s": round(cpu, 2), "texts_per_cpu_s": round(len(texts) / cpu),
+                      "dropped_share": round(sum(d is not None for d in decisions) / len(texts), 4)}
+        if name == "gopher_settings":
+            same = sum((d is None) == (r is None) for d, r in zip(decisions, ref["decisions"], strict=True))
+            ours[name]["same_keep_drop_as_datatrove"] = round(same / len(texts), 4)
+    return {"texts": len(texts),
+            "datatrove_GopherRepetitionFilter": {
+                "cpu_s": round(ref["cpu_s"], 2), "texts_per_cpu_s": round(len(texts) / ref["cpu_s"]),
+                "dropped_share": round(sum(d is not None for d in ref["decisions"]) / len(texts), 4)},
+            "ours_repetition": ours}
+
+
 def _cpu_s() -> float:
     """CPU seconds of this process and its finished children (the spawned workers)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -165,6 +192,8 @@ def main() -> None:
                     help="Comma-separated worker counts to time, e.g. 1,2.")
     ap.add_argument("--workdir", type=Path, default=None, help="Where to write the data (default: a temp dir).")
     ap.add_argument("--out", type=Path, default=Path("bench/filters_results.json"))
+    ap.add_argument("--datatrove-python", default=None, help=(
+        "Python of an environment with datatrove, to time its GopherRepetitionFilter on the same texts."))
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -201,6 +230,11 @@ def main() -> None:
         t0, c0 = time.perf_counter(), _cpu_s()
         apply_filters(tmp / "slice", FilterConfig(batch_size=args.batch_size), tmp / "slice-out")
         slice_s, slice_cpu = time.perf_counter() - t0, _cpu_s() - c0
+        gopher = None
+        if args.datatrove_python:
+            texts = ["\n\n".join(m["content"] or "" for m in r["messages"] if m["role"] == "assistant")
+                     for r in ref_rows]
+            gopher = gopher_side_by_side([t for t in texts if t], args.datatrove_python, tmp)
         rejects = read_table(out / "rejects", columns=["id", "reject_reason"])
         ours = dict(zip(rejects.column("id").to_pylist(), rejects.column("reject_reason").to_pylist(), strict=True))
         same = sum(ours.get(r["id"]) == w for r, w in zip(ref_rows, ref, strict=True))
@@ -217,6 +251,7 @@ def main() -> None:
                        "apply_filters": {"seconds": round(slice_s, 2), "cpu_s": round(slice_cpu, 2),
                                          "records_per_cpu_s": round(len(ref_rows) / slice_cpu)},
                        "same_decision_share": round(same / max(len(ref_rows), 1), 5)},
+        "gopher_repetition_vs_datatrove": gopher,
         "agreement": ledger.extra["agreement"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,9 @@ class RepetitionParams(StrictModel):
     dup_ngram_max_frac: dict[int, float] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}, description=(
             "n -> largest share of characters inside n-grams that occur more than once."))
+    top_ngram_min_count: int = Field(2, ge=1, description=(
+        "A top n-gram counts only if it occurs this often; Gopher (and datatrove) use 1, which on a short "
+        "reply makes one unrepeated bigram 'dominate' the text."))
     min_words: int = Field(20, ge=0, description=(
         "Texts shorter than this are not judged: a few repeated words in a short reply are not degenerate."))
     alnum_words_only: bool = Field(True, description=(

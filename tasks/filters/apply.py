@@ -49,10 +49,13 @@ class ChainOutcome:
 
 def _with_messages(batch: FilterBatch, replace: dict[int, list[dict[str, str]]]) -> FilterBatch:
     """The same rows with some rows' messages rewritten (PII redaction); text views are rebuilt on demand."""
-    rows = batch.table.column("messages").to_pylist()
-    for i, msgs in replace.items():
-        rows[i] = msgs
-    col = pa.array(rows, type=pa.list_(MESSAGE))
+    # Only the rewritten rows go through Python: append them after the old column and pick rows by index.
+    old = batch.table.column("messages").combine_chunks()
+    changed = sorted(replace)
+    new = pa.array([replace[i] for i in changed], type=pa.list_(MESSAGE))
+    index = np.arange(batch.n, dtype=np.int64)
+    index[changed] = batch.n + np.arange(len(changed))
+    col = pa.concat_arrays([old, new]).take(pa.array(index))
     table = batch.table.set_column(batch.table.schema.get_field_index("messages"), "messages", col)
     new = FilterBatch(table, batch.exclude_annotators)
     new._views = {k: v for k, v in batch._views.items() if k != "messages" and not k.startswith("text:")}

@@ -125,7 +125,7 @@ def redact(text: str, kinds: list[str] | tuple[str, ...] = ("email", "phone", "i
         n4 = n6 = 0
         if text.count(".") >= 3:
             text, n4 = _sub(_IPV4, text, PLACEHOLDER["ip"], _ipv4_ok)
-        if _IPV6_HINT.search(text):
+        if ":" in text and _IPV6_HINT.search(text):
             text, n6 = _sub(_IPV6, text, PLACEHOLDER["ip"], _ipv6_ok)
         counts["ip"] += n4 + n6
     if "phone" in kinds:

@@ -142,14 +142,14 @@ def repetition_reason(text: str, p: RepetitionParams) -> tuple[str, str] | None:
         words = [w for w in words if w not in symbol_words]
     # A repeated longer n-gram contains a repeated bigram, so text without one is done (the common, cheap case).
     bigrams = Counter(zip(words, words[1:], strict=False))
-    if not bigrams or bigrams.most_common(1)[0][1] < 2:
+    if not bigrams or (p.top_ngram_min_count >= 2 and bigrams.most_common(1)[0][1] < 2):
         return None
     for n, limit in sorted((int(k), v) for k, v in p.top_ngram_max_frac.items()):
         grams = bigrams if n == 2 else Counter(zip(*(words[i:] for i in range(n)), strict=False))
         if not grams:
             continue
         gram, count = grams.most_common(1)[0]
-        if count < 2:  # a top n-gram seen once is not repetition (Gopher's rule assumes long documents)
+        if count < p.top_ngram_min_count:  # seen once is not repetition (Gopher's rule assumes long documents)
             continue
         frac = (sum(len(w) for w in gram) + n - 1) * count / total
         if frac > limit:
@@ -216,8 +216,17 @@ def symbol_ratio(batch: FilterBatch, p: SymbolRatioParams) -> FilterResult:
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    return re.compile("|".join(f"(?:{x})" for x in patterns), re.IGNORECASE) if patterns else None
+def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], bool] | None:
+    """One alternation of the patterns, and whether it may run case-sensitively on lower-cased text.
+
+    Patterns without upper-case characters (no \\S, \\W, \\D escapes or capitals) match lower-cased text exactly as
+    they would match the original with IGNORECASE, and the case-sensitive search is faster."""
+    if not patterns:
+        return None
+    joined = "|".join(f"(?:{x})" for x in patterns)
+    if joined == joined.lower():
+        return re.compile(joined), True
+    return re.compile(joined, re.IGNORECASE), False
 
 
 @register("patterns")
@@ -228,10 +237,16 @@ def patterns(batch: FilterBatch, p: PatternParams) -> FilterResult:
     reasons: list[str | None] = [None] * batch.n
     details: list[str | None] = [None] * batch.n
     for i, t in enumerate(batch.text(p.field)):
-        for reason, rx in (("refusal", refusal), ("boilerplate", boiler)):
-            m = rx.search(t) if rx is not None else None
+        lower = t.lower()
+        for reason, compiled in (("refusal", refusal), ("boilerplate", boiler)):
+            if compiled is None:
+                continue
+            rx, on_lower = compiled
+            # str.lower keeps positions for almost all text; the detail quotes the original where it can.
+            m = rx.search(lower if on_lower else t)
             if m:
-                keep[i], reasons[i], details[i] = False, _prefixed(p.field, reason), f"matched {m.group(0)!r}"
+                quoted = t[m.start():m.end()] if on_lower and len(lower) == len(t) else m.group(0)
+                keep[i], reasons[i], details[i] = False, _prefixed(p.field, reason), f"matched {quoted!r}"
                 break
     return FilterResult(keep, reasons, details)
 
