@@ -190,7 +190,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=10_000)
     ap.add_argument("--workers", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
                     help="Comma-separated worker counts to time, e.g. 1,2.")
-    ap.add_argument("--workdir", type=Path, default=None, help="Where to write the data (default: a temp dir).")
+    ap.add_argument("--workdir", type=Path, default=None, help="Where to write outputs (default: a temp dir).")
+    ap.add_argument("--data", type=Path, default=None, help=(
+        "Input shard directory: reused if it holds shards (same seed, same data), else generated there."))
     ap.add_argument("--out", type=Path, default=Path("bench/filters_results.json"))
     ap.add_argument("--datatrove-python", default=None, help=(
         "Python of an environment with datatrove, to time its GopherRepetitionFilter on the same texts."))
@@ -198,9 +200,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
+        data = args.data or tmp / "in"
         t0 = time.perf_counter()
-        make_dataset(tmp / "in", args.records)
+        if not sorted(Path(data).glob("*.parquet")):
+            make_dataset(data, args.records)
         gen_s = time.perf_counter() - t0
+        args.records = sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(Path(data).glob("*.parquet")))
         runs = {}
         for workers in args.workers:
             cfg = FilterConfig(batch_size=args.batch_size, workers=workers)
@@ -208,7 +213,7 @@ def main() -> None:
             out.mkdir()
             load = os.getloadavg()[0]
             t0, c0 = time.perf_counter(), _cpu_s()
-            ledger = apply_filters(tmp / "in", cfg, out)
+            ledger = apply_filters(data, cfg, out)
             stage_s, cpu_s = time.perf_counter() - t0, _cpu_s() - c0
             ledger.check()
             runs[workers] = {"stage_s": round(stage_s, 1), "records_per_s": round(args.records / stage_s),
@@ -218,7 +223,7 @@ def main() -> None:
         peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
         # Reference on a slice, and agreement of decisions on that slice.
-        first = sorted((tmp / "in").glob("*.parquet"))[0]
+        first = sorted(Path(data).glob("*.parquet"))[0]
         ref_rows = pq.read_table(first).slice(0, args.reference_records).to_pylist()
         t0, c0 = time.perf_counter(), _cpu_s()
         ref = row_by_row(ref_rows, cfg)

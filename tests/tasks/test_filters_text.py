@@ -127,3 +127,17 @@ def test_language_filter_offline():
         "Kurz."), languages=["en"], min_confidence=0.5, min_chars=20)
     assert got == [None, "wrong_language", None]   # the last one is too short to judge
     assert res.detail(1).startswith("lang=de")
+
+
+def test_gopher_as_published_judges_short_texts_by_unrepeated_ngrams():
+    gopher = RepetitionParams(top_ngram_min_count=1, min_words=0, alnum_words_only=False)
+    # one bigram is 11 of 11 characters: Gopher's top-2-gram share is 1.0 although nothing repeats
+    assert repetition_reason("hello world", gopher) == ("top_2_gram", "1>0.2")
+    assert repetition_reason("hello world", RepetitionParams(min_words=0)) is None
+
+
+def test_patterns_with_capitals_still_match_any_case():
+    got, res = reasons("patterns", batch_of("We ACCEPT NO RETURNS.", "we accept no returns"),
+                       refusal_patterns=[r"\bACCEPT\s+no\b"], boilerplate_patterns=[])
+    assert got == ["refusal", "refusal"]
+    assert res.detail(0) == "matched 'ACCEPT NO'"
