@@ -203,6 +203,7 @@ def _default_filters() -> list[FilterSpec]:
         FilterSpec(name="flagged_labels", params={"labels": ["spam", "toxic", "pii", "off_topic"], "min_share": 0.5}),
         FilterSpec(name="min_rating", params={"threshold": 3.0, "aggregate": "mean"}),
         FilterSpec(name="max_rating_spread", params={"max_spread": 2.0}),
+        FilterSpec(name="min_label_agreement", params={"min_share": 0.5}),
         FilterSpec(name="empty_or_truncated", params={}),
         FilterSpec(name="response_length", params={"min_chars": 10, "max_chars": 20_000}),
         FilterSpec(name="repetition", params={}),
