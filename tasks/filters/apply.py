@@ -52,14 +52,14 @@ def _with_messages(batch: FilterBatch, replace: dict[int, list[dict[str, str]]])
     # Only the rewritten rows go through Python: append them after the old column and pick rows by index.
     old = batch.table.column("messages").combine_chunks()
     changed = sorted(replace)
-    new = pa.array([replace[i] for i in changed], type=pa.list_(MESSAGE))
+    redacted = pa.array([replace[i] for i in changed], type=pa.list_(MESSAGE))
     index = np.arange(batch.n, dtype=np.int64)
     index[changed] = batch.n + np.arange(len(changed))
-    col = pa.concat_arrays([old, new]).take(pa.array(index))
+    col = pa.concat_arrays([old, redacted]).take(pa.array(index))
     table = batch.table.set_column(batch.table.schema.get_field_index("messages"), "messages", col)
-    new = FilterBatch(table, batch.exclude_annotators)
-    new._views = {k: v for k, v in batch._views.items() if k != "messages" and not k.startswith("text:")}
-    return new
+    rebuilt = FilterBatch(table, batch.exclude_annotators)
+    rebuilt._views = {k: v for k, v in batch._views.items() if k != "messages" and not k.startswith("text:")}
+    return rebuilt
 
 
 def run_chain(batch: FilterBatch, chain: list, dry_run: bool = False) -> ChainOutcome:
@@ -81,7 +81,7 @@ def run_chain(batch: FilterBatch, chain: list, dry_run: bool = False) -> ChainOu
             out.seconds[name] += time.perf_counter() - started
             continue
         reasons = [res.reason(int(i)) for i in dropped]
-        details = [f"{name}: {res.detail(int(i)) or ''}".rstrip(": ") for i in dropped]
+        details = [f"{name}: {d}" if (d := res.detail(int(i))) else name for i in dropped]
         rej = with_reject_columns(batch.table.take(pa.array(dropped)), STAGE, reasons, details)
         out.rejected.append(rej.append_column("reject_filter", pa.array([name] * len(dropped), pa.string())))
         out.drops.update((name, r) for r in reasons)
