@@ -171,6 +171,24 @@ def check_tracking(tracking_uri: str, timeout: float = 5.0, attempts: int = 2) -
         check_writable_dir(Path(parsed.path or tracking_uri), "tracking.tracking_uri's directory")
 
 
+def prepare_sqlite_tracking(tracking_uri: str, experiment: str) -> None:
+    """Create the SQLite tracking database and the experiment under a file lock.
+
+    Two runs starting at once on a new database would otherwise both run MLflow's schema migrations, or both
+    create the experiment, and one of them fail.
+    """
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    path = Path(tracking_uri.split(":///", 1)[1])
+    with open(path.parent / f".{path.name}.init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if client.get_experiment_by_name(experiment) is None:
+            client.create_experiment(experiment)
+
+
 def prefect_api_url() -> str | None:
     """The Prefect API the run will talk to; None means Prefect's temporary local server."""
     from prefect.settings import get_current_settings
@@ -227,6 +245,9 @@ def preflight(cfg: Any, check_servers: bool = True) -> None:
             problems.append(str(exc))
     if problems:
         raise PreflightError("preflight failed:\n  " + "\n  ".join(problems))
+    uri = cfg.tracking.tracking_uri
+    if check_servers and uri.startswith("sqlite:///") and not uri.endswith(":memory:"):
+        prepare_sqlite_tracking(uri, cfg.tracking.experiment)
 
 
 # --------------------------------------------------------------------------- secrets

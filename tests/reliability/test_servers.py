@@ -1,0 +1,112 @@
+"""Unreachable servers, for real: closed ports, a server that comes up late, and an MLflow server killed in the
+middle of training. The CLI must stop fast with the URL in its message before any curation or training, follow
+the retry policy, and lose no data: the next run reuses every finished stage and resumes training."""
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from tasks import recovery
+from tests.reliability.harness import cli_env, complete_stage_dirs, start_run, wait_for
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("which", ["mlflow", "prefect"])
+def test_unreachable_server_fails_fast_before_any_work(tmp_path, which):
+    url = f"http://127.0.0.1:{closed_port()}"
+    uri = url if which == "mlflow" else f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = cli_env(tmp_path, PEFTPIPE_PREFLIGHT_ATTEMPTS="2")
+    if which == "prefect":
+        env["PREFECT_API_URL"] = f"{url}/api"
+    t0 = time.monotonic()
+    run = start_run(tmp_path, tmp_path / "work", uri, env=env)
+    assert run.wait(timeout=300) == 3, run.tail()
+    elapsed = time.monotonic() - t0
+    out = run.output()
+    name = "MLflow tracking server" if which == "mlflow" else "Prefect server (PREFECT_API_URL)"
+    assert f"{name} at {url}" in out and "cannot be reached after 2 attempt(s)" in out, out
+    assert "Traceback" not in out
+    assert not (tmp_path / "work" / "stages").exists()  # nothing started: no curation, no training
+    assert elapsed < 120, elapsed  # imports on a busy CI box, 2 attempts of a refused connection, 1 s apart
+
+
+def test_retry_policy_waits_for_a_late_server():
+    """Attempts 1 s then 2 s apart: a server that comes up within that is found, not reported down."""
+    port = closed_port()
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (stdlib name)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def late() -> None:
+        time.sleep(1.5)
+        servers.append(http.server.HTTPServer(("127.0.0.1", port), Ok))
+        servers[0].serve_forever()
+
+    threading.Thread(target=late, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        recovery.check_http(f"http://127.0.0.1:{port}/health", "test server", "", timeout=1, attempts=3)
+        assert 1.0 <= time.monotonic() - t0 < 10
+    finally:
+        while not servers:
+            time.sleep(0.1)
+        servers[0].shutdown()
+
+
+def test_mlflow_server_lost_mid_training_then_rerun_resumes(tmp_path, prefect_api):
+    from scripts.servers import free_port, launch_mlflow
+
+    port = free_port()
+    backend = f"sqlite:///{tmp_path / 'mlflow-server.db'}"
+    server = launch_mlflow(port, backend, tmp_path / "artifacts", tmp_path / "mlflow.log").wait(timeout=300)
+    workdir = tmp_path / "work"
+    # The policy mid-run is MLflow's own request retries; kept short so a dead server fails the run quickly.
+    env = cli_env(tmp_path, PREFECT_API_URL=prefect_api, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+                  MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        run = start_run(tmp_path, workdir, server.url, env=dict(env), log_name="lost.log")
+        ckpt = wait_for(lambda: list(workdir.glob("adapters/*/checkpoints/step-*/meta.json")), run.proc)
+        assert ckpt, run.tail()
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the tracking server dies under the run
+        server.proc.wait()
+        assert run.wait(timeout=300) != 0, run.tail()
+        out = run.output()
+        assert f"127.0.0.1:{port}" in out, run.tail()
+        stages = complete_stage_dirs(workdir)
+        assert {"ingest", "split", "tokenize"} <= set(stages)  # curated data kept
+        saved = sorted(p.name for p in workdir.glob("adapters/*/checkpoints/step-*"))
+        assert saved  # the checkpoint survived
+
+        server = launch_mlflow(port, backend, tmp_path / "artifacts", tmp_path / "mlflow2.log").wait(timeout=300)
+        again = start_run(tmp_path, workdir, server.url, env=dict(env), log_name="again.log")
+        assert again.wait() == 0, again.tail()
+        assert complete_stage_dirs(workdir) == {**stages, **complete_stage_dirs(workdir)}
+        for name, path in stages.items():  # reused, not recomputed
+            assert complete_stage_dirs(workdir)[name] == path
+        client = MlflowClient(tracking_uri=server.url)
+        runs = sorted(client.search_runs([client.get_experiment_by_name("peftpipe").experiment_id]),
+                      key=lambda r: r.info.start_time)
+        assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
+        first_step = min(m.step for m in client.get_metric_history(runs[1].info.run_id, "train_loss"))
+        assert first_step > 1  # resumed from a checkpoint, not from scratch
+    finally:
+        server.stop()
