@@ -87,7 +87,7 @@ def bench(case: str, work: Path) -> dict:
              "warmup_steps": 1, "eval_every": 10**6,
              "eval_max_batches": 1, "save_every": 10**6, "gradient_checkpointing": ckpt != "none",
              "checkpoint_layers": list(range(0, n_layers, 2)) if ckpt == "half" else None,
-             "batch_layout": "padded", "loss": "chunked", "loss_chunk_tokens": 2048}
+             "batch_layout": "padded", "pad_to_multiple_of": 128, "loss": "chunked", "loss_chunk_tokens": 2048}
     cfg = PipelineConfig.model_validate({
         "ingest": {"sources": [{"name": "bench", "path": "unused"}]}, "workdir": str(work),
         "model": {"name_or_path": base, "attn_implementation": attn},
@@ -121,5 +121,6 @@ if __name__ == "__main__":
             results.append(row)
             print(json.dumps(row), flush=True)
             Path(out).write_text(json.dumps(results, indent=1))
+            torch._dynamo.reset()  # compiled code and recompile counts must not leak into the next case
             gc.collect()
             torch.cuda.empty_cache() if CUDA else None

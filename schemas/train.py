@@ -66,6 +66,9 @@ class TrainConfig(StrictModel):
     batch_layout: Literal["flat", "padded"] = Field(
         "flat", description="'flat' concatenates a micro-batch into one padding-free row whose position_ids "
                             "restart per sequence; 'padded' pads rows to the longest one.")
+    pad_to_multiple_of: int = Field(
+        64, ge=1, description="Round each micro-batch's width up to a multiple of this, so compiled layers see "
+                              "few distinct shapes (each new one recompiles); the pad tokens carry no loss.")
     loss: Literal["auto", "chunked", "standard"] = Field(
         "auto", description="'chunked' fuses the lm_head with the cross-entropy chunk by chunk so the full "
                             "logits never exist; 'auto' uses it on CUDA.")

@@ -201,6 +201,11 @@ def compile_layers(model) -> int:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    # Variants are legitimately several (first layer's input needs no grad, eval runs without grad, a few
+    # widths): raise the recompile limit so none of them falls back to eager.
+    conf = torch._dynamo.config
+    name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"
+    setattr(conf, name, max(getattr(conf, name), 64))
     for layer in layers:
         layer.compile()
     return len(layers)

@@ -87,7 +87,8 @@ def mean_eval_loss(model, rows: list[Row], tc: TrainConfig, pad_id: int, device:
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
-    for batch in eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, tc.eval_max_batches):
+    for batch in eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, tc.eval_max_batches,
+                              tc.pad_to_multiple_of):
         b = batch.to(device)
         total += float(causal_lm_loss_sum(model, b.input_ids, b.position_ids, b.targets, fused, tc.loss_chunk_tokens))
         n += b.n_loss_tokens
@@ -172,7 +173,7 @@ def train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path
     while progress["step"] < tc.max_steps and not progress["stopped_early"]:
         t0 = time.perf_counter()
         micro = micro_batches_for_step(train_rows, cursor, tc.micro_batch_size, tc.grad_accum, tc.tokens_per_step,
-                                       tc.batch_layout, pad_id, rank, world)
+                                       tc.batch_layout, pad_id, rank, world, tc.pad_to_multiple_of)
         n_loss, n_tokens = float(sum(b.n_loss_tokens for b in micro)), float(sum(b.n_tokens for b in micro))
         if world > 1:
             n_loss, n_tokens = _all_reduce_floats([n_loss, n_tokens], device)

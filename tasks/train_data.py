@@ -96,18 +96,17 @@ class Batch:
                      self.targets.to(device, non_blocking=nb), self.n_tokens, self.n_loss_tokens)
 
 
-def collate(rows: list[Row], layout: str = "flat", pad_id: int = 0) -> Batch:
+def collate(rows: list[Row], layout: str = "flat", pad_id: int = 0, multiple: int = 1) -> Batch:
     """One micro-batch. 'flat': all rows end to end in a single row, no padding at all (position_ids restart
     per sequence, so attention stays inside each one). 'padded': rows padded to the longest; each pad run
     gets its own restarting positions, so it forms a separate masked-out "sequence" instead of needing a mask.
+    Either way the width is rounded up to ``multiple``, the same way.
     """
     n_tokens = sum(len(r) for r in rows)
     n_loss = int(sum((r.targets != IGNORE_INDEX).sum() for r in rows))
     if layout == "flat":
-        ids, tgt, pos = (torch.from_numpy(np.concatenate([getattr(r, a) for r in rows]))[None]
-                         for a in ("input_ids", "targets", "position_ids"))
-        return Batch(ids, pos, tgt, n_tokens, n_loss)
-    width = max(len(r) for r in rows)
+        rows = [Row(*(np.concatenate([getattr(r, a) for r in rows]) for a in ("input_ids", "targets", "position_ids")))]
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     tgt = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     pos = torch.arange(width, dtype=torch.long).repeat(len(rows), 1)
@@ -120,7 +119,7 @@ def collate(rows: list[Row], layout: str = "flat", pad_id: int = 0) -> Batch:
 
 def micro_batches_for_step(rows: list[Row], cursor: DataCursor, micro_batch_size: int, grad_accum: int,
                            tokens_per_step: int | None, layout: str, pad_id: int,
-                           rank: int = 0, world_size: int = 1) -> list[Batch]:
+                           rank: int = 0, world_size: int = 1, multiple: int = 1) -> list[Batch]:
     """The micro-batches of one optimizer step for this rank.
 
     With ``tokens_per_step`` the step keeps taking micro-batches until the whole step (all ranks) holds at
@@ -130,7 +129,7 @@ def micro_batches_for_step(rows: list[Row], cursor: DataCursor, micro_batch_size
     out: list[Batch] = []
     total = 0
     while True:
-        group = [collate([rows[i] for i in cursor.take(len(rows), micro_batch_size)], layout, pad_id)
+        group = [collate([rows[i] for i in cursor.take(len(rows), micro_batch_size)], layout, pad_id, multiple)
                  for _ in range(world_size)]
         out.append(group[rank])
         total += sum(b.n_tokens for b in group)
@@ -140,9 +139,9 @@ def micro_batches_for_step(rows: list[Row], cursor: DataCursor, micro_batch_size
 
 
 def eval_batches(rows: list[Row], micro_batch_size: int, layout: str, pad_id: int,
-                 max_batches: int | None = None):
+                 max_batches: int | None = None, multiple: int = 1):
     """The eval split in file order, in fixed micro-batches, so every evaluation sees the same tokens."""
     for n, start in enumerate(range(0, len(rows), micro_batch_size)):
         if max_batches is not None and n >= max_batches:
             return
-        yield collate(rows[start:start + micro_batch_size], layout, pad_id)
+        yield collate(rows[start:start + micro_batch_size], layout, pad_id, multiple)
