@@ -4,9 +4,11 @@
 
 Makes BIG.jsonl from the bundled sample's records (ids and one number per record changed so that every line
 is distinct), with one malformed line in every 1,000, plus a clean copy without them for the references
-(which stop at the first bad line). Each engine runs in its own process; peak RSS comes from wait4().
+(which stop at the first bad line). Each engine runs in its own process; peak RSS of the largest process
+comes from wait4(), and the peak of all its processes together is sampled every 0.1 s with psutil.
 Engines:
-- peftpipe: ``tasks.ingest.ingest`` (quarantine, ids, Parquet shards) on the file with bad lines;
+- peftpipe: ``tasks.ingest.ingest`` (quarantine, ids, Parquet shards) on the file with bad lines, one worker
+  process per core; peftpipe_1: the same in one process;
 - python_json: the naive loop, ``json.loads`` per line into one Python list (clean copy);
 - pyarrow_json: ``pyarrow.json.read_json`` of the whole file (clean copy);
 - hf_datasets: ``datasets.load_dataset("json")`` into an Arrow cache (clean copy).
@@ -60,11 +62,13 @@ def make_jsonl(path: Path, clean: Path, target_bytes: int, bad_every: int = 1000
 
 def engine(name: str, path: Path, out: Path) -> dict:
     """Run one engine in this process and return what it counted."""
-    if name == "peftpipe":
+    if name.startswith("peftpipe"):  # peftpipe: one worker per core; peftpipe_1: in-process only
         from schemas.ingest import IngestConfig
         from tasks.ingest import ingest
-        ledger = ingest(IngestConfig(sources=[{"name": "bench", "path": str(path)}]), out)
-        return {"in": ledger.n_in, "kept": ledger.kept, "dropped": dict(ledger.dropped)}
+        workers = int(name.split("_")[1]) if "_" in name else 0
+        ledger = ingest(IngestConfig(sources=[{"name": "bench", "path": str(path)}], workers=workers), out)
+        return {"in": ledger.n_in, "kept": ledger.kept, "dropped": dict(ledger.dropped),
+                "shards": len(list((out / "data").glob("*.parquet")))}
     if name == "python_json":
         rows = [json.loads(line) for line in open(path, "rb")]
         return {"kept": len(rows)}
@@ -79,19 +83,48 @@ def engine(name: str, path: Path, out: Path) -> dict:
     raise ValueError(name)
 
 
+def wait_sampling_rss(proc: subprocess.Popen, every: float = 0.1) -> tuple[int, int, object]:
+    """Wait for a process; return (peak of its and its children's summed RSS, exit status, rusage)."""
+    import psutil
+
+    peak = 0
+    root = psutil.Process(proc.pid)
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            return peak, status, usage
+        total = 0
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(every)
+
+
 def measure(name: str, path: Path, work: Path) -> dict:
     out = work / f"out-{name}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--engine", name, "--file", str(path), "--work", str(out)],
-                            stdout=subprocess.PIPE, cwd=ROOT)
-    stdout = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    with open(out / "stdout", "wb") as log:
+        proc = subprocess.Popen([sys.executable, __file__, "--engine", name, "--file", str(path), "--work",
+                                 str(out)], stdout=log, cwd=ROOT)
+        tree_peak, status, usage = wait_sampling_rss(proc)
+        proc.returncode = status
     seconds = time.perf_counter() - t0
+    stdout = (out / "stdout").read_bytes()
     result = {"engine": name, "ok": status == 0, "seconds": round(seconds, 2),
-              "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-              "mb_per_s": round(path.stat().st_size / 1e6 / seconds, 1)}
+              "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # the largest single process
+              "peak_tree_rss_mib": round(tree_peak / 2**20, 1),  # all its processes together, sampled
+              "mb_per_s": round(path.stat().st_size / 1e6 / seconds, 1),
+              # CPU time of the engine and its workers: steadier than wall time on a shared machine
+              "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)}
+    result["mb_per_cpu_s"] = round(path.stat().st_size / 1e6 / max(result["cpu_seconds"], 1e-9), 1)
     try:
         result.update(json.loads(stdout.decode().strip().splitlines()[-1]))
     except (ValueError, IndexError):
@@ -105,7 +138,7 @@ def measure(name: str, path: Path, work: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gb", type=float, default=1.0, help="size of the generated JSONL in GB")
-    p.add_argument("--engines", default="peftpipe,python_json,pyarrow_json,hf_datasets")
+    p.add_argument("--engines", default="peftpipe,peftpipe_1,python_json,pyarrow_json,hf_datasets")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "ingest_results.json")
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     p.add_argument("--engine", help=argparse.SUPPRESS)
@@ -124,12 +157,12 @@ def main() -> int:
         print(f"generated {info}", flush=True)
         results = []
         for name in args.engines.split(","):
-            path = work / ("big.jsonl" if name == "peftpipe" else "clean.jsonl")
+            path = work / ("big.jsonl" if name.startswith("peftpipe") else "clean.jsonl")
             results.append(measure(name, path, work))
             print(json.dumps(results[-1]), flush=True)
         report = {"command": " ".join(["bench/ingest_bench.py"] + sys.argv[1:]), "input": info,
                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                              "python": platform.python_version()},
+                              "python": platform.python_version(), "load_avg_at_end": os.getloadavg()},
                   "results": results}
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     finally:

@@ -39,7 +39,8 @@ def run_ingest(args: argparse.Namespace) -> int:
                "field_map": _pairs(args.field, "--field"), "annotation_map": _pairs(args.annotation, "--annotation"),
                **({"limit": args.limit} if args.limit else {}),
                **({"revision": args.revision} if args.revision else {}), "streaming": args.streaming}
-        cfg = IngestConfig(sources=[src], shard_rows=args.shard_rows, max_record_bytes=args.max_record_bytes)
+        cfg = IngestConfig(sources=[src], shard_rows=args.shard_rows, max_record_bytes=args.max_record_bytes,
+                           workers=args.workers)
     except ValidationError as exc:
         print(f"peftpipe ingest: {format_validation_error(exc)}", file=sys.stderr)
         return 2
@@ -89,5 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--annotation", action="append", default=[], metavar="KEY=FIELD",
                    help="map an annotation field, e.g. --annotation ratings=scores (repeatable)")
     p.add_argument("--max-record-bytes", type=int, default=1_000_000, help="quarantine larger rows")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes for big JSON-lines files (default: one per core; 1: in-process)")
     p.add_argument("--overwrite", action="store_true", help="replace the shards of a non-empty --out")
     p.set_defaults(func=run_ingest)

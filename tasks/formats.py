@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover
     def dumps(obj: Any) -> str:
         return json.dumps(obj, default=str, ensure_ascii=False, separators=(",", ":"))
 
+CANONICAL_ROLES = frozenset({"system", "user", "assistant"})
 PRESETS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "human": "user",
                 "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant",
@@ -117,11 +118,15 @@ def parse_messages(value: Any, fields: Mapping[str, str], field: str) -> list[di
     if not value:
         raise RowError("empty_messages", f"{field!r} is an empty list")
     role_key, content_key = fields["role"], fields["content"]
+    canonical = role_key == "role" and content_key == "content"
     out = []
     for i, m in enumerate(value):
         if type(m) is dict:  # fast path: a well-formed message, no error text to build
             role, content = m.get(role_key), m.get(content_key)
             if type(role) is str and type(content) is str and content.strip():
+                if canonical and role in CANONICAL_ROLES:
+                    out.append(m)  # Arrow reads just role and content from it; no copy needed
+                    continue
                 canon = ROLE_ALIASES.get(role) or ROLE_ALIASES.get(role.lower())
                 if canon is not None:
                     out.append({"role": canon, "content": content})
@@ -181,10 +186,14 @@ def build_messages(row: Mapping, preset: str, fields: Mapping[str, str]) -> tupl
         messages.insert(0, {"role": "system", "content": system})
         used.add(fields["system"])
     for m in messages:
-        if not m["content"].strip():
-            raise RowError("empty_content", f"{m['role']} message has empty content")
-    if not any(m["role"] == "assistant" for m in messages):
+        if m["role"] == "assistant":
+            break
+    else:
         raise RowError("no_assistant", "the conversation has no assistant message")
+    if preset not in ("messages", "sharegpt"):  # parse_messages has checked the others already
+        for m in messages:
+            if not m["content"].strip():
+                raise RowError("empty_content", f"{m['role']} message has empty content")
     return messages, used
 
 
@@ -238,14 +247,16 @@ def build_annotations(row: Mapping, amap: Mapping[str, str]) -> tuple[list[dict]
     if not isinstance(value, list):
         raise RowError("wrong_type", f"{field!r} must be a list of annotations, got {type(value).__name__}")
     k_id, k_rating, k_labels = (amap.get(k, k) for k in ("annotator_id", "rating", "labels"))
+    canonical = (k_id, k_rating, k_labels) == ("annotator_id", "rating", "labels")
     out = []
     for i, a in enumerate(value):
-        if type(a) is dict:  # fast path: string id, numeric rating, list of string labels
+        if type(a) is dict:  # fast path: string id, finite numeric rating, list of string labels
             annotator, rating, labels = a.get(k_id), a.get(k_rating), a.get(k_labels)
-            if (type(annotator) is str and type(rating) in (int, float) and rating == rating
-                    and abs(rating) != float("inf") and type(labels) is list
-                    and all(type(x) is str for x in labels)):
-                out.append({"annotator_id": annotator, "rating": float(rating), "labels": labels})
+            kind = type(rating)
+            if (type(annotator) is str and (kind is int or (kind is float and rating - rating == 0))
+                    and type(labels) is list and (not labels or all(type(x) is str for x in labels))):
+                # Arrow reads just the three fields (an int rating as a double); no copy needed
+                out.append(a if canonical else {"annotator_id": annotator, "rating": rating, "labels": labels})
                 continue
         where = f"{field}[{i}]"
         if not isinstance(a, Mapping):

@@ -286,12 +286,6 @@ def read_file(fs: fsspec.AbstractFileSystem, path: str, stats: SourceStats, max_
             yield from read_parquet_file(f, shown, stats)
 
 
-def read_files(src: SourceConfig, stats: SourceStats, max_bytes: int) -> Iterator[Row]:
-    fs, files = resolve_files(src.path)
-    for path in files:
-        yield from read_file(fs, path, stats, max_bytes)
-
-
 def load_hf(src: SourceConfig) -> Any:
     """``hf:NAME`` through datasets.load_dataset, ``disk:PATH`` through load_from_disk; one split."""
     import datasets
@@ -329,13 +323,3 @@ def read_hf(src: SourceConfig, stats: SourceStats) -> Iterator[Row]:
     for index, row in enumerate(rows):
         stats.hasher.update(json.dumps(row, sort_keys=True, default=str).encode())
         yield Row(f"{src.path}#{index}", row)
-
-
-def read_source(src: SourceConfig, stats: SourceStats, max_bytes: int) -> Iterator[Row]:
-    """All rows of one source, at most ``src.limit`` of them."""
-    rows = read_hf(src, stats) if src.path.startswith(("hf:", "disk:")) else read_files(src, stats, max_bytes)
-    for n, row in enumerate(rows, 1):
-        stats.note_fields(row.value)
-        yield row
-        if src.limit is not None and n >= src.limit:
-            return
