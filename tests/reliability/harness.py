@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +18,9 @@ SAMPLE = ROOT / "data" / "sample.jsonl"
 # Short but complete: every stage runs, training writes checkpoints at steps 2 and 4 of 6.
 SHORT = ["train.max_steps=6", "train.save_every=2", "train.eval_every=3", "train.warmup_steps=1",
          "train.keep_checkpoints=3", "train.eval_max_batches=2", "tokenize.max_seq_len=128"]
+# Credentials in the environment of the concurrency runs; none may show up in anything the runs write.
+SECRET_ENV = {"HF_TOKEN": "hf_" + secrets.token_hex(17), "PEFTPIPE_TEST_API_TOKEN": secrets.token_hex(12),
+              "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20)}
 RUN_TIMEOUT = 900  # one CLI run on 2 busy cores; a hang fails the test instead of the whole CI job
 
 

@@ -164,3 +164,27 @@ def test_log_scrubber_cleans_records_of_every_logger(monkeypatch, caplog):
         logging.getLogger("prefect.anything").info("using %s", "tok-0123456789")
         logging.getLogger("x").warning("plain %d", 3)
     assert "tok-0123456789" not in caplog.text and "using ***" in caplog.text and "plain 3" in caplog.text
+
+
+def test_publish_dir_keeps_a_concurrent_complete_output(tmp_path):
+    def complete(p):
+        return (p / "_SUCCESS").is_file()
+
+    final = tmp_path / "out"
+    first, second = tmp_path / ".out.tmp-1", tmp_path / ".out.tmp-2"
+    for d, text in ((first, "first"), (second, "second")):
+        d.mkdir()
+        (d / "x").write_text(text)
+        (d / "_SUCCESS").write_text("")
+    assert recovery.publish_dir(first, final, complete) == final
+    inode = (final / "x").stat().st_ino
+    recovery.publish_dir(second, final, complete)  # the later twin does not replace what a reader may hold
+    assert (final / "x").read_text() == "first" and (final / "x").stat().st_ino == inode
+    assert not second.exists()
+    leftover = tmp_path / "other"
+    leftover.mkdir()  # incomplete: replaced
+    third = tmp_path / ".other.tmp-3"
+    third.mkdir()
+    (third / "_SUCCESS").write_text("")
+    recovery.publish_dir(third, leftover, complete)
+    assert complete(leftover) and not third.exists()
