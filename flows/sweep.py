@@ -1,0 +1,164 @@
+"""The sweep flow: which data and training settings give the best adapter, answered in one run.
+
+One parent MLflow run; under it, one child run per distinct curation setting and one per variant. The steps:
+
+1. Curate once per distinct curation setting (variants that differ only in adapter/train settings share one;
+   stage outputs are content-addressed, so a rerun reuses every finished stage).
+2. Build one base model + tokenizer from the *reference* curation (the base config with the sweep's shared
+   overrides). Every variant trains on it: the offline tiny model learns its tokenizer from the corpus, and
+   variants with different tokenizers would have eval losses in different units.
+3. Per variant: its training records beside the **shared eval set** (the reference curation's eval split, see
+   ``tasks.compare.shared_eval_split``), tokenize, train, evaluate base vs adapter, log to its child run.
+4. Compare: a table and a plot of eval loss against records kept, in Prefect and on the parent MLflow run.
+
+Why the reference curation's eval split: it is the clean data the user starts from, cleaned by the base
+filters, and the split hashes record ids, so the same id is held out in every variant. A variant's own eval
+split would grade a loose curation on its own noisy records, and an intersection shrinks with every variant
+added. Train records that are near-copies of shared eval records are held out of training (leak check).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow, get_run_logger
+
+from flows.curate import CurateResult, curate_flow
+from flows.tracked import mlflow_run
+from schemas.pipeline import PipelineConfig
+from schemas.sweep import SweepConfig, Variant, curation_settings, expand_variants, reference_config
+from tasks import tracking
+from tasks.artifacts import publish_link
+from tasks.compare import VariantResult, publish_comparison, shared_eval_split_task
+from tasks.evaluate import evaluate_adapter
+from tasks.model import prepare_base_model_task
+from tasks.stage import StageOutput, digest
+from tasks.tokenize import tokenize_task
+from tasks.train import train_task
+
+ROLE = "peftpipe.sweep.role"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    parent_run_id: str
+    run_url: str
+    rows: list[dict[str, Any]]  # the comparison table, best first
+    out_dir: Path  # comparison.{json,md,png}, generations.json
+    failed: list[str]  # names of variants that raised
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The row of the lowest eval loss (rows are sorted; a failed variant has no loss and sorts last)."""
+        return next((r for r in self.rows if r["variant"] not in self.failed), None)
+
+
+def curation_key(cfg: PipelineConfig) -> str:
+    return digest("curation", curation_settings(cfg))
+
+
+def _with_run_name(cfg: PipelineConfig, name: str) -> PipelineConfig:
+    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"run_name": name})})
+
+
+def curate_distinct(configs: list[PipelineConfig], sweep_name: str) -> dict[str, CurateResult]:
+    """Run curation once per distinct curation setting, each in a child run of the sweep's run."""
+    log = get_run_logger()
+    curated: dict[str, CurateResult] = {}
+    for cfg in configs:
+        key = curation_key(cfg)
+        if key in curated:
+            continue
+        with mlflow.start_run(run_name=f"{sweep_name}/curate-{key[:8]}", nested=True,
+                              tags={ROLE: "curation", "peftpipe.sweep": sweep_name, "peftpipe.curation": key[:8]}):
+            mlflow.log_params(tracking.flatten(curation_settings(cfg)))
+            curated[key] = curate_flow(cfg)
+        split = curated[key].split.ledger.extra
+        log.info("curation %s: %s train / %s eval records", key[:8], split.get("train"), split.get("eval"))
+    return curated
+
+
+def run_variant(variant: Variant, curated: CurateResult, reference: StageOutput, base: str,
+                sweep: SweepConfig, run_id: str) -> VariantResult:
+    """Train and evaluate one variant into the active (child) MLflow run."""
+    cfg = variant.config
+    for stage in curated.stages:
+        tracking.log_ledger(stage)
+    split = shared_eval_split_task(curated.split, reference, sweep, cfg.workdir)
+    tokenized = tokenize_task(split, base, cfg)
+    for stage in (split, tokenized):
+        tracking.log_ledger(stage)
+    trained = train_task(tokenized, base, cfg, run_id)
+    evaluation = evaluate_adapter(tokenized.path, base, Path(trained["adapter_dir"]), cfg, n_samples=sweep.samples)
+    records_kept = curated.split.ledger.kept
+    train_records = int(split.ledger.extra["train"])
+    metrics = {**trained, **evaluation}
+    final = {"eval_loss": evaluation["adapter_eval_loss"], "perplexity": evaluation["adapter_perplexity"],
+             "base_eval_loss": evaluation["base_eval_loss"], "base_perplexity": evaluation["base_perplexity"],
+             "eval_loss_delta": evaluation["eval_loss_delta"], "records_kept": records_kept,
+             "train_records": train_records, "eval_records": int(split.ledger.extra["eval"]),
+             "train_loss": trained["train_loss"], "tokens": trained["tokens"],
+             "max_abs_logit_diff": evaluation["max_abs_logit_diff"]}
+    # Logged at the last step so these, not the per-step training history, are what the compare view shows.
+    mlflow.log_metrics({k: float(v) for k, v in final.items()}, step=int(trained["steps"]))
+    if evaluation["samples"]:
+        samples = evaluation["samples"]
+        mlflow.log_table({k: [s[k] for s in samples] for k in ("prompt", "base", "adapter")},
+                         artifact_file="samples.json")
+    mlflow.log_artifacts(trained["adapter_dir"], artifact_path="adapter")
+    return VariantResult(variant.name, variant.overrides, run_id, curated.split.key[:8], records_kept,
+                         train_records, metrics, evaluation["samples"])
+
+
+@flow(name="sweep", log_prints=True)
+def sweep_flow(sweep: SweepConfig) -> SweepResult:
+    """Curate once per distinct setting, train and evaluate every variant on one eval set, and compare them."""
+    log = get_run_logger()
+    variants = expand_variants(sweep)  # every variant validated before any work
+    ref = _with_run_name(reference_config(sweep), f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    with mlflow_run(ref, "sweep") as parent:
+        parent_id = parent.info.run_id
+        mlflow.set_tags({"peftpipe.sweep": sweep.name, ROLE: "parent", "peftpipe.variants": str(len(variants))})
+        mlflow.log_dict(sweep.model_dump(mode="json"), "sweep/sweep.json")
+        log.info("sweep %s: %d variants", sweep.name, len(variants))
+
+        curated = curate_distinct([ref] + [v.config for v in variants], sweep.name)
+        reference = curated[curation_key(ref)].split
+        mlflow.log_metrics({"curations": float(len(curated)), "shared_eval_records": float(reference.ledger.extra
+                                                                                             .get("eval", 0))})
+        base = prepare_base_model_task(ref, reference)
+
+        results: list[VariantResult] = []
+        failed: list[str] = []
+        for i, variant in enumerate(variants, 1):
+            tags = {ROLE: "variant", "peftpipe.sweep": sweep.name, "peftpipe.variant": variant.name,
+                    "peftpipe.curation": curation_key(variant.config)[:8]}
+            with mlflow.start_run(run_name=f"{sweep.name}/{variant.name}", nested=True, tags=tags) as child:
+                mlflow.log_params(tracking.flatten(variant.config.model_dump(mode="json")))
+                log.info("variant %d/%d: %s", i, len(variants), variant.name)
+                try:
+                    result = run_variant(variant, curated[curation_key(variant.config)], reference, base, sweep,
+                                         child.info.run_id)
+                except Exception as exc:  # one broken variant must not lose the others' results
+                    log.exception("variant %s failed", variant.name)
+                    mlflow.set_tag("peftpipe.error", f"{type(exc).__name__}: {exc}"[:5000])
+                    mlflow.end_run(status="FAILED")
+                    failed.append(variant.name)
+                    results.append(VariantResult(variant.name, variant.overrides, child.info.run_id, "", 0, 0))
+                    continue
+            results.append(result)
+            log.info("  eval loss %.4f (base %.4f), %d records kept", result.metrics["adapter_eval_loss"],
+                     result.metrics["base_eval_loss"], result.records_kept)
+
+        out_dir = Path(ref.workdir) / "sweeps" / f"{sweep.name}-{parent_id[:8]}"
+        rows = publish_comparison(results, out_dir, sweep.name)
+        url = tracking.run_url(parent, ref.tracking.tracking_uri)
+        publish_link("sweep-mlflow-run", url, f"MLflow sweep run {parent_id}",
+                     description="Parent run; its child runs are the variants (select them and press Compare)")
+        if failed:
+            mlflow.set_tag("peftpipe.failed_variants", ", ".join(failed)[:5000])
+        log.info("comparison written to %s", out_dir)
+    return SweepResult(parent_id, url, rows, out_dir, failed)
