@@ -141,3 +141,15 @@ def test_patterns_with_capitals_still_match_any_case():
                        refusal_patterns=[r"\bACCEPT\s+no\b"], boilerplate_patterns=[])
     assert got == ["refusal", "refusal"]
     assert res.detail(0) == "matched 'ACCEPT NO'"
+
+
+def test_symbol_thresholds_are_inclusive():
+    p = SymbolRatioParams(min_words=1)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    assert symbol_reason(" ".join(words[:9] + ["#kappa"]), p) is None                     # 1 '#' / 10 words = 0.1
+    assert symbol_reason(" ".join(words[:8] + ["#iota", "#kappa"]), p)[0] == "symbol_ratio"  # 0.2
+    assert symbol_reason("alpha beta -- **", p) is None                                     # 2 of 4 words: 0.5
+    assert symbol_reason("alpha -- ** ==", p) == ("low_alnum_words", "0.25<0.5")
+    ellipsis = SymbolRatioParams(min_words=1, max_symbol_word_ratio=10)
+    assert symbol_reason("one two\nthree four\nfive six\nseven eight...", ellipsis) is None  # 1 of 4 lines
+    assert symbol_reason("one two\nthree four\nfive six...", ellipsis)[0] == "ellipsis_lines"  # 1 of 3 > 0.3
