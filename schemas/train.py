@@ -64,8 +64,10 @@ class TrainConfig(StrictModel):
         None, description="With gradient_checkpointing: only these decoder layers recompute (None: all). "
                           "Fewer layers trade memory back for speed.")
     batch_layout: Literal["flat", "padded"] = Field(
-        "flat", description="'flat' concatenates a micro-batch into one padding-free row whose position_ids "
-                            "restart per sequence; 'padded' pads rows to the longest one.")
+        "padded", description="'padded' stacks the packed rows, padding to the longest one (rows are nearly "
+                              "full after packing; this is the layout benchmarked with sdpa and flex "
+                              "attention); 'flat' concatenates a micro-batch into one padding-free row whose "
+                              "position_ids restart per sequence (for flash-attention's varlen path).")
     pad_to_multiple_of: int = Field(
         64, ge=1, description="Round each micro-batch's width up to a multiple of this, so compiled layers see "
                               "few distinct shapes (each new one recompiles); the pad tokens carry no loss.")
