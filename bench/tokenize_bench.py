@@ -50,7 +50,7 @@ def sample_records() -> list[dict]:
 def long_tail_records(n: int, seed: int = 0) -> list[dict]:
     """Chats whose lengths follow a log-normal long tail (median ~120 words, a few near 2,000), 1-4 turns."""
     rng = np.random.default_rng(seed)
-    vocab = [w for r in sample_records()[:300] for m in r["messages"] for w in m["content"].split()]
+    vocab = np.array([w for r in sample_records()[:300] for m in r["messages"] for w in m["content"].split()])
     out = []
     for i in range(n):
         msgs = []
