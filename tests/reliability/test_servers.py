@@ -72,7 +72,9 @@ def test_retry_policy_waits_for_a_late_server():
         servers[0].shutdown()
 
 
-def test_mlflow_server_lost_mid_training_then_rerun_resumes(tmp_path, prefect_api):
+def test_mlflow_server_lost_mid_run_then_rerun_loses_nothing(tmp_path, prefect_api):
+    """The tracking server dies while curation runs: the run fails naming the server, every finished stage
+    stays; with the server back, the rerun reuses them all and the dead attempt's run is marked FAILED."""
     from scripts.servers import free_port, launch_mlflow
 
     port = free_port()
@@ -83,30 +85,23 @@ def test_mlflow_server_lost_mid_training_then_rerun_resumes(tmp_path, prefect_ap
     env = cli_env(tmp_path, PREFECT_API_URL=prefect_api, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
                   MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
     try:
-        run = start_run(tmp_path, workdir, server.url, env=dict(env), log_name="lost.log")
-        ckpt = wait_for(lambda: list(workdir.glob("adapters/*/checkpoints/step-*/meta.json")), run.proc)
-        assert ckpt, run.tail()
+        run = start_run(tmp_path, workdir, server.url, env=dict(env), log_name="lost.log", command="curate")
+        assert wait_for(lambda: complete_stage_dirs(workdir).get("ingest"), run.proc), run.tail()
         os.killpg(server.proc.pid, signal.SIGKILL)  # the tracking server dies under the run
         server.proc.wait()
         assert run.wait(timeout=300) != 0, run.tail()
-        out = run.output()
-        assert f"127.0.0.1:{port}" in out, run.tail()
+        assert f"127.0.0.1:{port}" in run.output(), run.tail()
         stages = complete_stage_dirs(workdir)
-        assert {"ingest", "split", "tokenize"} <= set(stages)  # curated data kept
-        saved = sorted(p.name for p in workdir.glob("adapters/*/checkpoints/step-*"))
-        assert saved  # the checkpoint survived
+        assert {"ingest", "split"} <= set(stages)  # curated data kept: MLflow is only told at the end
 
         server = launch_mlflow(port, backend, tmp_path / "artifacts", tmp_path / "mlflow2.log").wait(timeout=300)
-        again = start_run(tmp_path, workdir, server.url, env=dict(env), log_name="again.log")
+        again = start_run(tmp_path, workdir, server.url, env=dict(env), log_name="again.log", command="curate")
         assert again.wait() == 0, again.tail()
-        assert complete_stage_dirs(workdir) == {**stages, **complete_stage_dirs(workdir)}
-        for name, path in stages.items():  # reused, not recomputed
-            assert complete_stage_dirs(workdir)[name] == path
+        assert complete_stage_dirs(workdir) == stages  # reused, not recomputed
         client = MlflowClient(tracking_uri=server.url)
         runs = sorted(client.search_runs([client.get_experiment_by_name("peftpipe").experiment_id]),
                       key=lambda r: r.info.start_time)
         assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
-        first_step = min(m.step for m in client.get_metric_history(runs[1].info.run_id, "train_loss"))
-        assert first_step > 1  # resumed from a checkpoint, not from scratch
+        assert runs[1].data.metrics["split.in"] > 0
     finally:
         server.stop()
