@@ -23,7 +23,10 @@ from tasks.formats import RowError, convert_row, detect_format, dumps, resolve_f
 from tasks.ingest_readers import Row, raw_text
 from tasks.stage import ShardWriter
 
-FLUSH_ROWS = 8192  # rows buffered in Python before they go to a shard writer
+# Rows are buffered as Python objects (several times their JSON size) until this many rows or input bytes,
+# then go to the shard writer: this, not the input size, bounds a converter's memory.
+FLUSH_ROWS = 8192
+FLUSH_BYTES = 4 << 20
 DETECT_ROWS = 100  # format auto: how many leading rows may be looked at to pick the preset
 
 
@@ -98,6 +101,7 @@ class RowConverter:
         self.rejects = ShardWriter(out / "rejects", QUARANTINE_SCHEMA, cfg.shard_rows, prefix=prefix)
         self.records: dict[str, list] = {n: [] for n in RECORD_SCHEMA.names}
         self.bad: dict[str, list] = {n: [] for n in QUARANTINE_SCHEMA.names}
+        self.buffered = 0  # approximate input bytes of the buffered records
         self.seen_ids: set[int] = set()
         self.occurrences: dict[int, int] = {}
 
@@ -133,7 +137,8 @@ class RowConverter:
         rec["annotations"].append(annotations)
         rec["meta"].append(meta)
         r.kept += 1
-        if len(rec["id"]) >= FLUSH_ROWS:
+        self.buffered += len(row.raw) if row.raw is not None else 512
+        if len(rec["id"]) >= FLUSH_ROWS or self.buffered >= FLUSH_BYTES:
             self.flush()
 
     def _convert(self, row: Row) -> tuple[str, int, int, list, list, str]:
@@ -177,6 +182,7 @@ class RowConverter:
             self.flush()
 
     def flush(self) -> None:
+        self.buffered = 0
         if self.records["id"]:
             self.data.write(pa.Table.from_pydict(self.records, schema=RECORD_SCHEMA))
             self.records = {n: [] for n in RECORD_SCHEMA.names}

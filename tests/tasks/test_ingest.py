@@ -267,3 +267,13 @@ def test_bundled_sample_ingests_with_every_malformed_line_quarantined(tmp_path):
             "empty_content", "bad_role", "not_an_object", "duplicate_id"} == set(ledger.dropped)
     planted = [json.loads(r["meta"])["planted"] for r in rows]
     assert planted.count("exact_dup") == 75 and planted.count("near_dup") == 120
+
+
+def test_oversize_table_rows_and_unknown_format(tmp_path):
+    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "completion": "c" * 500}, {"prompt": "p", "completion": "c"}]),
+                   tmp_path / "t.parquet")
+    ledger, rows, rejects = run(tmp_path, path=str(tmp_path / "t.parquet"), max_record_bytes=200)
+    assert dict(ledger.dropped) == {"oversize": 1} and rejects[0]["location"].endswith("#0")
+    p = jsonl(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
+    ledger, _, rejects = run(tmp_path, out="odd", path=str(p))
+    assert dict(ledger.dropped) == {"unknown_format": 1} and "question" in rejects[0]["reject_detail"]
