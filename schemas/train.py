@@ -79,6 +79,9 @@ class TrainConfig(StrictModel):
                                              "compile serves every layer); fuses the small ops around the matmuls.")
     merged_export: bool = Field(False, description="Also write the base with the adapter merged in, in bf16 "
                                                    "(QLoRA: into an unquantized copy of the base).")
+    num_processes: int | None = Field(
+        None, ge=1, description="Data-parallel ranks (torchrun, one per GPU); None: every visible GPU, "
+                                "or 1 on CPU. Each optimizer step takes micro-batches from every rank.")
     seed: int = Field(0, description="Seed of weights init, data order and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
 

@@ -87,6 +87,7 @@ def mean_eval_loss(model, rows: list[Row], tc: TrainConfig, pad_id: int, device:
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
+    rows = rows[dist_rank()::dist_world()]  # each rank scores its share; the sums are added up below
     for batch in eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, tc.eval_max_batches,
                               tc.pad_to_multiple_of):
         b = batch.to(device)
@@ -170,6 +171,7 @@ def train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path
     model.train()  # activation checkpointing only applies in training mode
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    speeds: list[float] = []  # this process's steps, for the median speed in the result
     while progress["step"] < tc.max_steps and not progress["stopped_early"]:
         t0 = time.perf_counter()
         micro = micro_batches_for_step(train_rows, cursor, tc.micro_batch_size, tc.grad_accum, tc.tokens_per_step,
@@ -199,6 +201,7 @@ def train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path
         step = progress["step"]
         metrics = {"train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
                    "tokens_per_s": n_tokens / elapsed, "step_s": elapsed}
+        speeds.append(metrics["tokens_per_s"])
         if peak:
             metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (peak * world)
         if device.type == "cuda":
@@ -216,7 +219,10 @@ def train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path
     # --- save
     result = {"train_loss": progress["train_loss"], "eval_loss": progress["eval_loss"], "steps": progress["step"],
               "tokens": progress["tokens"], "stopped_early": progress["stopped_early"],
-              "adapter_dir": str(out / "adapter"), "base": base}
+              "adapter_dir": str(out / "adapter"), "base": base, "world_size": world}
+    if speeds:  # median after 3 warm-up steps (compilation, allocator growth) when there are enough
+        steady = sorted(speeds[3:] or speeds)
+        result["tokens_per_s"] = steady[len(steady) // 2]
     if device.type == "cuda":
         result["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if rank == 0:
@@ -280,7 +286,13 @@ def adapter_key(tokenized: StageOutput, base: str, cfg: PipelineConfig) -> str:
 
 @task(name="train")
 def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: str | None) -> dict:
-    """Prefect wrapper: trains into ``workdir/adapters/<key>`` (reused when complete, resumed when not)."""
+    """Prefect wrapper: trains into ``workdir/adapters/<key>`` (reused when complete, resumed when not); with
+    several GPUs (or ``train.num_processes`` > 1) it launches data-parallel ranks through torchrun."""
+    from tasks.train_launch import launch_distributed, num_processes
+
     out = Path(cfg.workdir) / "adapters" / adapter_key(tokenized, base, cfg)
     out.mkdir(parents=True, exist_ok=True)
+    nproc = num_processes(cfg)
+    if nproc > 1 and not (out / "_SUCCESS").is_file():
+        return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
     return train_adapter(tokenized.path, base, cfg, out, mlflow_metrics_logger(run_id))

@@ -117,3 +117,17 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     f = lr_lambda(cfg)
     assert f(0) < f(1) < f(2) == pytest.approx(1.0)
     assert f(10) == pytest.approx(0.1) and f(6) < f(3)
+
+
+def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_base, tokenized):
+    """torchrun with 2 CPU ranks (gloo) of micro-batch 2 takes the same steps as 1 process of micro-batch 4:
+    the same rows per step, the loss averaged over the same tokens, the gradients summed across ranks."""
+    from tasks.train_launch import launch_distributed
+
+    single, logged = run(tokenized, tiny_base, make_cfg(tmp_path, max_steps=2, micro_batch_size=4), tmp_path / "one")
+    cfg = make_cfg(tmp_path, max_steps=2, micro_batch_size=2, num_processes=2)
+    result = launch_distributed(tokenized, tiny_base, cfg, tmp_path / "two", None, nproc=2)
+    assert result["steps"] == 2 and result["tokens"] == single["tokens"]
+    assert result["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+    assert result["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-4)
+    assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").is_file()
