@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -53,10 +54,17 @@ def pipeline_run(stack, overrides):
 
 @pytest.fixture(scope="module")
 def mlflow_run(stack, pipeline_run):
-    client = MlflowClient(tracking_uri=stack.mlflow.url)
-    (run,) = client.search_runs([client.get_experiment_by_name("peftpipe").experiment_id],
-                                filter_string="tags.`peftpipe.flow` = 'pipeline'")
-    return client, run
+    # MLflow resolves logged-model artifacts through the default tracking URI, whatever the client's: without
+    # this it would create ./mlflow.db and look there.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(stack.mlflow.url)
+    try:
+        client = MlflowClient(tracking_uri=stack.mlflow.url)
+        (run,) = client.search_runs([client.get_experiment_by_name("peftpipe").experiment_id],
+                                    filter_string="tags.`peftpipe.flow` = 'pipeline'")
+        yield client, run
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def flow_names(stack) -> dict[str, list[dict]]:
@@ -134,16 +142,24 @@ def browser():
         b.close()
 
 
-def open_page(browser, url: str, expect: list[str], shot: str):
-    """Open ``url``, wait until every text in ``expect`` shows, keep a screenshot (also when it fails)."""
+def open_page(browser, url: str, expect: list[str], shot: str, search: tuple[str, str] | None = None) -> str:
+    """Open ``url``, wait until every text in ``expect`` shows, keep a screenshot (also when it fails).
+
+    ``search`` = (placeholder, text) types into a search box first (MLflow's metric table is paginated).
+    No wait for network idle: both UIs poll their APIs forever.
+    """
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     page = context.new_page()
     try:
         page.goto(url, wait_until="domcontentloaded", timeout=UI_TIMEOUT_MS)
+        if search:
+            box = page.get_by_placeholder(search[0])
+            box.wait_for(timeout=UI_TIMEOUT_MS)
+            box.fill(search[1])
         for text in expect:
             page.get_by_text(text, exact=False).first.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
-        page.wait_for_load_state("networkidle", timeout=UI_TIMEOUT_MS)
+        page.wait_for_timeout(1000)  # let charts and tables finish drawing before the screenshot
         return page.inner_text("body")
     finally:
         page.screenshot(path=str(ARTIFACTS / f"{shot}.png"), full_page=True)
@@ -154,20 +170,27 @@ def test_prefect_ui_shows_the_flow_run_and_its_artifacts(stack, pipeline_run, br
     ui = stack.prefect.url
     text = open_page(browser, f"{ui}/runs/flow-run/{pipeline_run['id']}", [pipeline_run["name"], "Completed"],
                      "prefect-flow-run")
-    assert "peftpipe-pipeline" in text
-    text = open_page(browser, f"{ui}/artifacts", ["curation-ledger", "mlflow-run"], "prefect-artifacts")
-    assert "curation-ledger" in text
-    text = open_page(browser, f"{ui}/artifacts/key/curation-ledger", ["near_dedup", "near_duplicate"],
-                     "prefect-curation-ledger")
-    assert "split" in text
+    assert "peftpipe-pipeline" in text and "peftpipe-cpu" in text
+    text = open_page(browser, f"{ui}/artifacts", ["curation-ledger", "mlflow-run", "near-dedup-report"],
+                     "prefect-artifacts")
+    assert "filter-report" in text
+    artifacts = {a["key"]: a for a in stack.api("POST", "/artifacts/filter", {"limit": 200}) if a["key"]}
+    text = open_page(browser, f"{ui}/artifacts/artifact/{artifacts['curation-ledger']['id']}",
+                     ["near_dedup", "dropped: near_duplicate"], "prefect-curation-ledger")
+    assert "exact_duplicate" in text
+    open_page(browser, f"{ui}/artifacts/artifact/{artifacts['mlflow-run']['id']}", ["MLflow run"], "prefect-mlflow-link")
+    # The ad hoc run form of the pipeline deployment: config file, overrides and the PipelineConfig form.
     deployment = stack.api("GET", "/deployments/name/peftpipe-pipeline/pipeline")
-    open_page(browser, f"{ui}/deployments/deployment/{deployment['id']}", ["pipeline", "configs/sample.yaml"],
-              "prefect-deployment")
+    text = open_page(browser, f"{ui}/deployments/deployment/{deployment['id']}/run", ["overrides", "cfg"],
+                     "prefect-run-form")
+    assert "PipelineConfig" in text
 
 
 def test_mlflow_ui_shows_the_run_and_its_metrics(stack, mlflow_run, browser):
     _, run = mlflow_run
     base = f"{stack.mlflow.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    text = open_page(browser, base, ["e2e", "train_loss"], "mlflow-run")
-    assert "near_dedup.dropped.near_duplicate" in text
-    open_page(browser, f"{base}/model-metrics", ["train_loss"], "mlflow-metrics")
+    text = open_page(browser, base, ["e2e", "Finished", "train_loss"], "mlflow-run",
+                     search=("Search metrics", "loss"))
+    assert "eval_loss" in text
+    open_page(browser, f"{base}/model-metrics", ["train_loss", "eval_loss"], "mlflow-metrics",
+              search=("Search metric charts", "loss"))
