@@ -7,7 +7,8 @@ partition or verify block, so the Prefect UI shows each shard's work and its ret
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +35,34 @@ def prefect_map(fn: Callable[[Any], Any], items: list) -> list:
 def dedup_flow(inputs: list[str], out: str, cfg: DedupConfig, text_field: str | None = None,
                id_field: str | None = "id", map_path: str | None = None, report: bool = True) -> dict[str, Any]:
     """Near-dedup Parquet files: writes the dedup map (id, cluster_id, is_duplicate) and the report."""
-    share_api_url()
-    stats = dedup_dir([Path(p) for p in inputs], cfg, Path(out), stage=None, kind="near", text_field=text_field,
-                      id_field=id_field, mapper=prefect_map, map_path=Path(map_path) if map_path else None,
-                      report=report)
+    with shared_api_url():
+        stats = dedup_dir([Path(p) for p in inputs], cfg, Path(out), stage=None, kind="near", text_field=text_field,
+                          id_field=id_field, mapper=prefect_map, map_path=Path(map_path) if map_path else None,
+                          report=report)
     if report:
         from tasks.dedup_report import publish_artifacts
         publish_artifacts(Path(out), "near_dedup")
     return stats
 
 
-def share_api_url() -> None:
-    """Point spawned task-runner workers at this run's API server.
+@contextmanager
+def shared_api_url() -> Iterator[None]:
+    """Point spawned task-runner workers at this run's API server, for the duration of the block.
 
     Without an explicit PREFECT_API_URL, each process-pool worker (a fresh interpreter) would start a
-    temporary server of its own: seconds per worker, and runs that the parent's UI never sees.
+    temporary server of its own: seconds per worker, and task runs that the parent's UI never sees.
     """
-    if not os.environ.get("PREFECT_API_URL"):
-        from prefect.client.orchestration import get_client
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.client.orchestration import get_client
 
-        with get_client(sync_client=True) as client:
-            os.environ["PREFECT_API_URL"] = str(client.api_url)
+    with get_client(sync_client=True) as client:
+        os.environ["PREFECT_API_URL"] = str(client.api_url)
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 def task_runner(kind: str, workers: int, ray_address: str | None = None) -> Any:

@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.dedup_text import sorted_unique
+
 DECISION_SCHEMA = pa.schema([
     ("idx", pa.int64()), ("cluster_id", pa.string()), ("kept_id", pa.string()),
     ("is_duplicate", pa.bool_()), ("cluster_size", pa.int64())])
@@ -25,7 +27,7 @@ def union_find(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndar
     compresses paths by pointer jumping, until no edge joins two roots. Roots are each component's smallest
     node, so the result does not depend on edge order. O(log n) rounds, each a few numpy passes.
     """
-    nodes = np.unique(np.concatenate([left, right]))
+    nodes = sorted_unique(np.concatenate([left, right]))
     u, v = np.searchsorted(nodes, left), np.searchsorted(nodes, right)
     parent = np.arange(len(nodes))
     while True:

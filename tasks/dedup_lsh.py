@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.dedup import DedupConfig
-from tasks.dedup_text import Shingles, compared_text, normalize, shingle_hashes
+from tasks.dedup_text import Shingles, compared_text, normalize, shingle_hashes, sorted_unique
 from tasks.minhash import (
     band_keys,
     choose_bands_rows,
@@ -209,7 +209,7 @@ def bucket_partition(partition: int, plan: Plan, group_starts: np.ndarray, split
     pairs = bucket_pairs(members)
     if not len(pairs):
         return 0
-    pairs = np.unique(pairs[:, 0] * np.int64(1 << 32) + pairs[:, 1])  # the same pair shows up in many bands
+    pairs = sorted_unique(pairs[:, 0] * np.int64(1 << 32) + pairs[:, 1])  # the same pair shows up in many bands
     left, right = pairs >> 32, pairs & 0xFFFFFFFF
     gl, gr = np.searchsorted(group_starts, left, "right") - 1, np.searchsorted(group_starts, right, "right") - 1
     split = (np.arange(len(pairs)) % splits) if splits > 1 else np.zeros(len(pairs), np.int64)
@@ -263,7 +263,7 @@ def verify_block(item: tuple[str, str], plan: Plan, units: list[Unit], chunk: in
     paths = sorted((root / "pairs" / block).glob(f"*-s{split}.parquet"))
     pairs = pa.concat_tables([pq.read_table(p) for p in paths])
     left, right = pairs.column("i").to_numpy(), pairs.column("j").to_numpy()
-    docs = np.unique(np.concatenate([left, right]))
+    docs = sorted_unique(np.concatenate([left, right]))
     if plan.cfg.verify == "jaccard":
         sh, order = _load_shingles(plan, units, docs)
     elif plan.cfg.verify == "signature":

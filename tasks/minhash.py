@@ -9,10 +9,13 @@ are one matrix operation over a whole batch of docs, not one MinHash object per 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from tasks.dedup_text import Shingles, fmix64
+from tasks.dedup_text import Shingles, fmix64, sorted_unique
 
 MAX_HASH = np.uint32(0xFFFFFFFF)
 _P64 = np.uint64(0x9E3779B97F4A7C15)
@@ -23,6 +26,36 @@ _BLOCK_ELEMS = 1 << 22
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
 
 
+@functools.lru_cache(maxsize=1)
+def datasketch_minhash_class() -> type:
+    """datasketch's MinHash class, loaded without running the package's ``__init__``.
+
+    ``import datasketch`` also imports its LSH storage layers and, through them, scipy.integrate: 1-20 s
+    of start-up on two busy cores, for a class that itself needs only numpy and ``datasketch.hashfunc``.
+    So its two modules are loaded from the installed package's files; when datasketch is already
+    imported, or anything here fails, the normal import is used.
+    """
+    if "datasketch" in sys.modules:
+        from datasketch import MinHash
+        return MinHash
+    try:
+        root = Path(importlib.util.find_spec("datasketch").submodule_search_locations[0])
+        loaded = {}
+        for name in ("hashfunc", "minhash"):
+            spec = importlib.util.spec_from_file_location(f"datasketch.{name}", root / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[f"datasketch.{name}"] = module  # minhash.py imports datasketch.hashfunc by name
+            loaded[name] = module
+            spec.loader.exec_module(module)
+        return loaded["minhash"].MinHash
+    except Exception:  # noqa: BLE001 - any surprise in the shortcut: take the documented import instead
+        from datasketch import MinHash
+        return MinHash
+    finally:
+        for name in ("hashfunc", "minhash"):  # a later `import datasketch` then loads the real package
+            sys.modules.pop(f"datasketch.{name}", None)
+
+
 @functools.lru_cache(maxsize=8)
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine32 permutation parameters (a odd, b), each shape (num_perm,) uint32.
@@ -30,9 +63,7 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     datasketch is imported here only: its package import pulls in scipy (seconds), so the main process
     computes the parameters once and ships them to the workers inside the Plan.
     """
-    from datasketch import MinHash
-
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    a, b = datasketch_minhash_class()(num_perm=num_perm, seed=seed, scheme="affine32").permutations
     return a.astype(np.uint32), b.astype(np.uint32)
 
 
@@ -127,7 +158,7 @@ def jaccard_pairs(sh: Shingles, left: np.ndarray, right: np.ndarray) -> np.ndarr
         sizes = size[docs]
         starts = np.repeat(sh.offsets[docs], sizes)
         within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        return np.unique((np.repeat(pair, sizes) << np.uint64(32)) | sh.hashes[starts + within].astype(np.uint64))
+        return sorted_unique((np.repeat(pair, sizes) << np.uint64(32)) | sh.hashes[starts + within].astype(np.uint64))
 
     lset, rset = tagged_set(left), tagged_set(right)
     common = np.intersect1d(lset, rset, assume_unique=True)

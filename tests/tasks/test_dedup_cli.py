@@ -85,7 +85,7 @@ def test_prefect_process_pool_runner_gives_the_same_map(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"doc": str(r["doc"]), "body": r["body"]} for r in rows]), path)
     args = ["dedup", str(path), "--text-field", "body", "--id-field", "doc", "--set", "unit_rows=100"]
     assert main(args + ["--out", str(tmp_path / "local.parquet"), "--workers", "1"]) == 0
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=240):
         assert main(args + ["--out", str(tmp_path / "pp.parquet"), "--runner", "processes", "--workers", "2"]) == 0
     assert pq.read_table(tmp_path / "pp.parquet").equals(pq.read_table(tmp_path / "local.parquet"))
     assert {i for i, r in read_map(tmp_path / "pp.parquet").items() if r["is_duplicate"]} == dups
@@ -99,7 +99,7 @@ def test_ray_runner_on_a_local_ray_cluster(tmp_path):
     rows, dups = corpus(n=60)
     path = tmp_path / "in.parquet"
     pq.write_table(pa.Table.from_pylist([{"doc": str(r["doc"]), "body": r["body"]} for r in rows]), path)
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=240):
         assert main(["dedup", str(path), "--text-field", "body", "--id-field", "doc", "--out",
                      str(tmp_path / "ray.parquet"), "--runner", "ray", "--workers", "2",
                      "--set", "unit_rows=100"]) == 0
