@@ -9,6 +9,7 @@ Secrets (tokens in the environment, passwords in URLs) are scrubbed from MLflow 
 from __future__ import annotations
 
 import base64
+import errno
 import logging
 import os
 import re
@@ -265,6 +266,37 @@ def preflight(cfg: Any, check_servers: bool = True) -> None:
     uri = cfg.tracking.tracking_uri
     if check_servers and uri.startswith("sqlite:///") and not uri.endswith(":memory:"):
         prepare_sqlite_tracking(uri, cfg.tracking.experiment)
+
+
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # pyarrow's message for a write cut short
+
+
+def _inside(path: Any, root: str | Path) -> bool:
+    if not path:
+        return False
+    return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(root)))
+
+
+def describe_storage_error(exc: BaseException, workdir: str | Path) -> str | None:
+    """A clear message for a write that failed because the workdir's disk is full, read-only or not ours;
+    None for any other error. pyarrow reports a full disk as 'N requested and M written', without an errno."""
+    err = getattr(exc, "errno", None)
+    try:
+        free_mb = shutil.disk_usage(workdir).free / 2**20
+    except OSError:
+        free_mb = None
+    full = err in (errno.ENOSPC, errno.EDQUOT) or (
+        isinstance(exc, OSError) and _SHORT_WRITE.search(str(exc)) is not None)
+    if full:
+        room = f" ({free_mb:.1f} MiB free)" if free_mb is not None else ""
+        problem = f"No space left on device{room}"
+    elif err in (errno.EROFS, errno.EACCES, errno.EPERM) and _inside(getattr(exc, "filename", None), workdir):
+        problem = f"{exc.strerror}: {exc.filename}"
+    else:
+        return None
+    return (f"cannot write to workdir {workdir}: {problem}. Finished stages are complete and kept; the "
+            "unfinished one left only a hidden temporary directory. Make room (or fix the directory) and "
+            "rerun: finished work is reused.")
 
 
 # --------------------------------------------------------------------------- secrets

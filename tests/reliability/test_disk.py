@@ -64,7 +64,8 @@ def test_disk_full_mid_curation_then_rerun_with_room(tmp_path, tmpfs, concurrent
                     log_name="full.log")
     rc = run.wait(timeout=600)
     out = run.output()
-    assert rc != 0 and "No space left on device" in out, run.tail()
+    assert rc == 4, run.tail()
+    assert f"peftpipe: cannot write to workdir {workdir}: No space left on device" in out, run.tail()
     done = complete_stage_dirs(workdir)
     assert "split" not in done  # 1 MiB cannot hold the curation (about 1.5 MiB)
     assert_nothing_partial_looks_complete(workdir)  # what is marked complete reads back whole

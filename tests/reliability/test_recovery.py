@@ -188,3 +188,18 @@ def test_publish_dir_keeps_a_concurrent_complete_output(tmp_path):
     (third / "_SUCCESS").write_text("")
     recovery.publish_dir(third, leftover, complete)
     assert complete(leftover) and not third.exists()
+
+
+def test_storage_errors_are_described_plainly(tmp_path):
+    import errno
+
+    full = recovery.describe_storage_error(OSError("103061 requested and 89056 written"), tmp_path)
+    assert full.startswith(f"cannot write to workdir {tmp_path}: No space left on device (")
+    assert "rerun" in full
+    nospc = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+    assert "No space left on device" in recovery.describe_storage_error(nospc, tmp_path)
+    ro = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "stages" / "x"))
+    assert "Read-only file system" in recovery.describe_storage_error(ro, tmp_path)
+    elsewhere = PermissionError(errno.EACCES, "Permission denied", "/etc/shadow")
+    assert recovery.describe_storage_error(elsewhere, tmp_path) is None  # not a workdir problem
+    assert recovery.describe_storage_error(ValueError("x"), tmp_path) is None
