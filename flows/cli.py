@@ -93,14 +93,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"peftpipe: {exc}", file=sys.stderr)
         return 2
-    from tasks.recovery import PreflightError, install_log_scrubber, preflight
+    from tasks.recovery import PreflightError, describe_storage_error, install_log_scrubber, preflight
     install_log_scrubber()  # no token in Prefect's logs or the console
     try:  # unreachable servers, unwritable or full workdir: fail before curation or GPU time
         preflight(cfg)
     except PreflightError as exc:
         print(f"peftpipe: {exc}", file=sys.stderr)
         return 3
-    return _run_flow(args.flow, cfg)
+    try:
+        return _run_flow(args.flow, cfg)
+    except OSError as exc:  # a full or read-only disk mid-run: say so plainly, not as a bare library error
+        if (message := describe_storage_error(exc, cfg.workdir)) is None:
+            raise
+        print(f"peftpipe: {message}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":
