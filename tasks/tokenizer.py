@@ -89,12 +89,22 @@ def record_texts(records_dir: Path) -> Iterator[str]:
                     yield message["content"]
 
 
+_TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "spiece",
+                            "sentencepiece", "chat_template")
+
+
+def is_tokenizer_file(name: str) -> bool:
+    """Files that define a tokenizer, as opposed to model weights sitting in the same directory."""
+    return name.startswith(_TOKENIZER_FILE_PREFIXES) or name.endswith(".jinja")
+
+
 def tokenizer_digest(name_or_path: str, revision: str | None = None) -> str:
-    """A content hash of a local tokenizer directory's files, or of the hub id + revision otherwise."""
+    """A content hash of a local tokenizer's files (not the weights beside them: a model directory can hold
+    gigabytes), or of the hub id + revision otherwise."""
     path = Path(name_or_path)
     h = hashlib.sha256()
     if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and is_tokenizer_file(p.name)):
             h.update(f.relative_to(path).as_posix().encode() + b"\0")
             h.update(f.read_bytes())
     else:

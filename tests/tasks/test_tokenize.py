@@ -227,6 +227,7 @@ def test_padding_only_mode_writes_one_record_per_row(tok_dir, tmp_path):
     assert train.num_rows == ledger.extra["train_rows"] == 8 and set(train["num_seqs"].to_pylist()) == {1}
 
 
+@pytest.mark.slow  # spawns two worker processes, each importing transformers
 def test_num_proc_gives_the_same_rows(tok_dir, tmp_path):
     split = make_split(tmp_path, n_train=30, n_eval=5)
     one = tokenize_splits(split, str(tok_dir), TokenizeConfig(max_seq_len=128, batch_size=8), tmp_path / "a")

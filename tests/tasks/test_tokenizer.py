@@ -37,6 +37,19 @@ def test_training_is_deterministic(tok_dir, tmp_path):
     assert tokenizer_digest(str(tok_dir)) != tokenizer_digest("some/hub-model")
 
 
+def test_digest_covers_tokenizer_files_not_weights(tok_dir, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tok_dir, model_dir)
+    before = tokenizer_digest(str(model_dir))
+    (model_dir / "model.safetensors").write_bytes(b"weights" * 1000)
+    (model_dir / "config.json").write_text("{}")
+    assert tokenizer_digest(str(model_dir)) == before
+    (model_dir / "chat_template.jinja").write_text("{{ messages }}")
+    assert tokenizer_digest(str(model_dir)) != before
+
+
 def test_special_tokens_and_round_trip(tok_dir):
     tok = load_tokenizer(str(tok_dir))
     assert tok.bos_token == "<|begin_of_text|>" and tok.eos_token == "<|eot_id|>" and tok.pad_token == "<|pad|>"
