@@ -17,6 +17,8 @@ class TokenizeConfig(StrictModel):
                                             "off: one record per row, padded per batch by collate.")
     pack_eval: bool = Field(True, description="Pack the eval split too (always apart from train).")
     chat_template: str | None = Field(None, description="Jinja chat template used when the tokenizer has none.")
+    reject_control_tokens: bool = Field(True, description="Reject records whose text spells a special token "
+                                                          "(e.g. '<|eot_id|>'), which would fake turn boundaries.")
     num_proc: int = Field(1, ge=1, description="Processes for batched tokenization.")
     batch_size: int = Field(1000, ge=1, description="Records per tokenizer call.")
     pack_window: int = Field(50_000, ge=1, description="Sequences packed together at most; bounds memory "

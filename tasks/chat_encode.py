@@ -151,10 +151,17 @@ def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig, met
     """Template, mask and length-police one batch of records; every record becomes a sequence or a Reject."""
     out = EncodedBatch()
     todo: list[tuple[int, list[dict]]] = []
+    # Text that spells a control token would be encoded as that token: a fake end of turn or role header.
+    controls = control_tokens(tok) if cfg.reject_control_tokens else []
+    control_re = re.compile("|".join(re.escape(t) for t in controls)) if controls else None
     for j, msgs in enumerate(messages):
         conv = [{"role": m.get("role") or "", "content": m.get("content") or ""} for m in (msgs or []) if m]
+        hit = next(((m["role"], h.group()) for m in conv if control_re and (h := control_re.search(m["content"]))),
+                   None)
         if not conv:
             out.rejects.append(Reject(j, "no_messages", "the record has no messages"))
+        elif hit:
+            out.rejects.append(Reject(j, "control_token_in_content", f"a {hit[0]} message contains {hit[1]!r}"))
         elif cfg.train_on == "assistant" and not any(m["role"] == "assistant" and m["content"].strip()
                                                      for m in conv):
             out.rejects.append(Reject(j, "no_assistant_turn", "no assistant message with content"))
