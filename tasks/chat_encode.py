@@ -99,8 +99,11 @@ def render(tok, convs: list[list[dict]], with_spans: bool) -> tuple[list[str], l
         from transformers.utils.chat_template_utils import render_jinja_template
     except ImportError:  # a transformers without the helper: the public API, slower but equal
         return _render_public(tok, convs, with_spans)
-    texts, spans = render_jinja_template(conversations=convs, chat_template=tok.get_chat_template(),
-                                         return_assistant_tokens_mask=with_spans, **tok.special_tokens_map)
+    try:
+        texts, spans = render_jinja_template(conversations=convs, chat_template=tok.get_chat_template(),
+                                             return_assistant_tokens_mask=with_spans, **tok.special_tokens_map)
+    except TypeError:  # the private helper's signature moved; a template's own TypeError simply recurs below
+        return _render_public(tok, convs, with_spans)
     return texts, (spans if with_spans else None)
 
 
