@@ -55,3 +55,25 @@ def test_split_points_are_line_starts(tmp_path):
     points = split_points(str(tmp_path / "f"), 7)
     assert points[0] == 0 and points[-1] == len(blob) and points == sorted(set(points))
     assert all(blob[p - 1:p] == b"\n" for p in points[1:-1])
+
+
+def test_split_and_in_process_files_of_one_source_reconcile(tmp_path):
+    d = tmp_path / "src"
+    d.mkdir()
+    small = [json.dumps({"id": f"r{i}", "messages": [{"role": "user", "content": "x"},
+                                                     {"role": "assistant", "content": "y"}]}) for i in range(5)]
+    (d / "a.jsonl").write_text("\n".join(small) + "\n")
+    (d / "b.jsonl").write_bytes(lines(400))  # big: split; repeats ids r0..r4 from a.jsonl
+    (d / "c.jsonl").write_text("\n".join(small[:2] + ['{"messages": [{"role": "user", "content": "same 1"}, '
+                                                      '{"role": "assistant", "content": "a"}]}']) + "\n")
+    results = []
+    for workers in (1, 2):
+        cfg = IngestConfig(sources=[{"name": "mix", "path": str(d)}], shard_rows=30, workers=workers,
+                           parallel_min_bytes=1000)
+        ledger = ingest(cfg, tmp_path / f"w{workers}")
+        data = read_table(tmp_path / f"w{workers}" / "data").select(["id", "messages"]).to_pylist()
+        rejects = sorted((r["location"], r["reject_reason"])
+                         for r in read_table(tmp_path / f"w{workers}" / "rejects").to_pylist())
+        results.append((ledger.n_in, ledger.kept, dict(ledger.dropped), data, rejects))
+    assert results[0] == results[1]
+    assert any(loc.endswith("c.jsonl:1") and reason == "duplicate_id" for loc, reason in results[0][4])
