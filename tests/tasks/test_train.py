@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +132,44 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_base, toke
     assert result["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
     assert result["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-4)
     assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_eight_bit_adamw_trains(tmp_path, tiny_base, tokenized):
+    pytest.importorskip("bitsandbytes")
+    result, logged = run(tokenized, tiny_base, make_cfg(tmp_path, optimizer="adamw_8bit", max_steps=2),
+                         tmp_path / "out")
+    assert result["steps"] == 2 and all(np.isfinite(m["train_loss"]) for _, m in logged if "train_loss" in m)
+    from safetensors.torch import load_file
+    weights = load_file(Path(result["adapter_dir"]) / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at 0: it moved
+
+
+def test_train_task_logs_per_step_metrics_into_the_mlflow_run(tmp_path, tiny_base, tokenized):
+    import mlflow
+
+    from tasks.stage import StageOutput
+    from tasks.train import train_task
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        run_id = client.create_run(client.create_experiment("train-test")).info.run_id
+        cfg = make_cfg(tmp_path, max_steps=3, eval_every=3)
+        result = train_task.fn(StageOutput("tokenize", "k1", tokenized), tiny_base, cfg, run_id)
+        assert Path(result["adapter_dir"]).parent.parent == tmp_path / "adapters"
+        history = client.get_metric_history(run_id, "train_loss")
+        assert [m.step for m in history] == [1, 2, 3]
+        assert [m.step for m in client.get_metric_history(run_id, "eval_loss")] == [3]
+        assert {"lr", "grad_norm", "tokens_per_s"} <= set(client.get_run(run_id).data.metrics)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_qlora_on_cuda_with_compile_and_chunked_loss(tmp_path, tiny_base, tokenized):
+    cfg = make_cfg(tmp_path, method="qlora", device="cuda", compile=True, loss="chunked", max_steps=6)
+    result, logged = run(tokenized, tiny_base, cfg, tmp_path / "out")
+    losses = train_losses(logged)
+    assert losses[5] + losses[6] < losses[1] + losses[2] and result["gpu_peak_gib"] > 0
+    assert all("gpu_peak_gib" in m for _, m in logged if "train_loss" in m)
