@@ -137,6 +137,9 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
         if not (split_dir / split).is_dir():
             raise FileNotFoundError(f"tokenize: no {split!r} split in {split_dir} (expected the split stage's output)")
     tok = load_tokenizer(tokenizer_dir, revision, trust_remote_code, cfg.chat_template)
+    if getattr(tok, "backend_tokenizer", None) is None:  # masks need the Rust tokenizer's character offsets
+        raise ValueError(f"tokenize: {tokenizer_dir} has no fast (Rust) tokenizer; convert it with "
+                         "AutoTokenizer.from_pretrained(..., use_fast=True) and save it")
     start = time.perf_counter()
     pool = None
     if cfg.num_proc > 1:
