@@ -37,6 +37,7 @@ from schemas.record import REJECT_SCHEMA
 from schemas.tokenize import TOKENIZED_SCHEMA, TokenizeConfig
 from tasks.chat_encode import EncodedBatch, encode_in_worker, encode_records, init_worker, mask_method
 from tasks.packing import IGNORE_INDEX, pack_sequences, packing_efficiency, single_rows
+from tasks.packing import collate as collate  # re-exported: the training code may import it from here
 from tasks.stage import Ledger, ShardWriter, StageOutput, digest, iter_batches, run_stage, with_reject_columns
 from tasks.tokenizer import load_tokenizer, tokenizer_digest
 
