@@ -19,7 +19,10 @@ class TokenizeConfig(StrictModel):
     chat_template: str | None = Field(None, description="Jinja chat template used when the tokenizer has none.")
     reject_control_tokens: bool = Field(True, description="Reject records whose text spells a special token "
                                                           "(e.g. '<|eot_id|>'), which would fake turn boundaries.")
-    num_proc: int = Field(1, ge=1, description="Processes for batched tokenization.")
+    num_proc: int = Field(1, ge=1, description="Processes for batched tokenization. 1 is fastest on small "
+                                               "machines (the Rust tokenizer already uses every core); more "
+                                               "spawns workers, so a calling script needs the "
+                                               "`if __name__ == '__main__':` guard.")
     batch_size: int = Field(1000, ge=1, description="Records per tokenizer call.")
     pack_window: int = Field(50_000, ge=1, description="Sequences packed together at most; bounds memory "
                                                        "on big corpora at a tiny cost in packing efficiency.")
