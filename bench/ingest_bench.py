@@ -135,15 +135,34 @@ def measure(name: str, path: Path, work: Path) -> dict:
     return result
 
 
+def table(paths: list[Path]) -> str:
+    """Markdown rows of result files, for BENCHMARKS.md and bench/ingest_results.md."""
+    rows = []
+    for path in paths:
+        report = json.loads(path.read_text())
+        size = f"{report['input']['bytes'] / 1e9:.1f} GB" if report["input"]["bytes"] >= 1e9 else \
+            f"{report['input']['bytes'] / 1e6:.0f} MB"
+        for r in report["results"]:
+            rows.append(f"| {size} | {r['engine']} | {r['seconds']:,.0f} | {r['cpu_seconds']:,.1f} | "
+                        f"{r['mb_per_cpu_s']} | {r.get('kept', 0) / max(r['cpu_seconds'], 1e-9):,.0f} | "
+                        f"{r['peak_rss_mib']:,.0f} MiB | {r['peak_tree_rss_mib']:,.0f} MiB |")
+    return "\n".join(rows)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gb", type=float, default=1.0, help="size of the generated JSONL in GB")
     p.add_argument("--engines", default="peftpipe,peftpipe_1,python_json,pyarrow_json,hf_datasets")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "ingest_results.json")
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    p.add_argument("--reuse", action="store_true", help="reuse the input generated earlier in --work")
+    p.add_argument("--table", type=Path, nargs="+", help="print result files as markdown rows and exit")
     p.add_argument("--engine", help=argparse.SUPPRESS)
     p.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.table:
+        print(table(args.table))
+        return 0
     if args.engine:  # child process: run one engine, print its counts as the last line
         sys.path.insert(0, str(ROOT))
         print(json.dumps(engine(args.engine, args.file, args.work)))
@@ -152,8 +171,13 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        info = make_jsonl(work / "big.jsonl", work / "clean.jsonl", int(args.gb * 1e9))
-        info["generate_seconds"] = round(time.perf_counter() - t0, 1)
+        info_file = work / "input.json"
+        if args.reuse and info_file.exists():  # the same generated input as an earlier run in --work
+            info = json.loads(info_file.read_text())
+        else:
+            info = make_jsonl(work / "big.jsonl", work / "clean.jsonl", int(args.gb * 1e9))
+            info["generate_seconds"] = round(time.perf_counter() - t0, 1)
+            info_file.write_text(json.dumps(info))
         print(f"generated {info}", flush=True)
         results = []
         for name in args.engines.split(","):

@@ -3,9 +3,10 @@
 Each worker converts one byte range into its own part (shards, quarantine, id keys) exactly as the in-process
 path would, with line numbers counted from the chunk start. The parent hashes the file meanwhile (the digest
 is the SHA-256 of the bytes, as in-process), then ``reconcile`` makes the result identical to a sequential
-run: it shifts line numbers by the lines of earlier chunks, moves rows whose id already appeared in an
-earlier part to the quarantine as ``duplicate_id``, and renumbers the ids of id-less rows whose content
-appeared in an earlier part. Only the parts that need a change are rewritten, one shard at a time.
+run: it shifts line numbers by the lines of earlier chunks, moves rows whose id already appeared earlier
+(in the same part or an earlier one) to the quarantine as ``duplicate_id``, and renumbers the ids of id-less
+rows whose content appeared in an earlier part. Only the parts that need a change are rewritten, one shard
+at a time. In-process ingest runs ``reconcile`` too, for the duplicate ids.
 """
 from __future__ import annotations
 
@@ -123,15 +124,15 @@ def _rewrite(path: Path, fix: Callable[[pa.Table], pa.Table]) -> None:
 
 
 def reconcile(parts: list[PartResult], src: SourceConfig, cfg: IngestConfig, out: Path) -> None:
-    """Make parts written independently equal to one sequential pass (see the module docstring)."""
-    if len(parts) < 2:
-        return
+    """Make parts written independently equal to one sequential pass (see the module docstring): the first
+    kept row with an id keeps it, every later one moves to the quarantine as ``duplicate_id``."""
     sizes = [len(p.id_keys) for p in parts]
     keys = np.concatenate([np.frombuffer(p.id_keys, np.uint64) for p in parts]) if sum(sizes) else \
         np.zeros(0, np.uint64)
-    _, first = np.unique(keys, return_index=True)
+    _, first = np.unique(keys, return_index=True)  # index of the first occurrence, in input order
     dup = np.ones(len(keys), bool)
-    dup[first] = False  # within a part keys are unique, so a repeat is always in a later part
+    dup[first] = False
+    del first
     csizes = [len(p.content_keys) for p in parts]
     ckeys = np.concatenate([np.frombuffer(p.content_keys, np.uint64) for p in parts]) if sum(csizes) else \
         np.zeros(0, np.uint64)
@@ -148,8 +149,9 @@ def reconcile(parts: list[PartResult], src: SourceConfig, cfg: IngestConfig, out
         local_occ = np.frombuffer(part.content_occurrence, np.int64)
         renumber = np.flatnonzero(part_occ != local_occ)
         drop_pos = np.frombuffer(part.id_pos, np.int64)[part_dup]
-        new_ids = {int(np.frombuffer(part.content_pos, np.int64)[i]):
-                   content_record_id(src.name, int(ckeys[cat + i]), int(part_occ[i])) for i in renumber}
+        content_pos = np.frombuffer(part.content_pos, np.int64)
+        new_ids = {int(content_pos[i]): content_record_id(src.name, int(ckeys[cat + i]), int(part_occ[i]))
+                   for i in renumber}
         if drop_pos.size or new_ids:
             moved = _fix_data(part, drop_pos, new_ids, cfg, out)
             locations = [f"{part.where[part.id_where[i]]}{part.id_number[i] + part.line_offset}"

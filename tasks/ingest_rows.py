@@ -2,8 +2,9 @@
 
 A *part* is a run of rows converted in order by one ``RowConverter`` into its own shard files (prefix
 ``part-SSS-FFFFF-CCCCC``: source, first file, chunk), so file names sort in input order. A part remembers the
-id key of every record it kept, so that ``tasks.ingest_parallel.reconcile`` can find duplicate ids and
-repeated contents *across* parts afterwards. No Prefect import here: worker processes start fast.
+64-bit id key of every record it kept (in compact arrays, not a Python set), and
+``tasks.ingest_parallel.reconcile`` finds repeated ids afterwards, within and across parts, and repeated
+contents across parts. No Prefect import here: worker processes start fast.
 """
 from __future__ import annotations
 
@@ -102,7 +103,6 @@ class RowConverter:
         self.records: dict[str, list] = {n: [] for n in RECORD_SCHEMA.names}
         self.bad: dict[str, list] = {n: [] for n in QUARANTINE_SCHEMA.names}
         self.buffered = 0  # approximate input bytes of the buffered records
-        self.seen_ids: set[int] = set()
         self.occurrences: dict[int, int] = {}
 
     def add(self, row: Row) -> None:
@@ -161,9 +161,6 @@ class RowConverter:
         if raw_id is not None:
             rid = record_id(self.src.name, raw_id)
             key = id_key(rid)
-            if key in self.seen_ids:
-                raise RowError("duplicate_id", f"id {raw_id[:80]!r} already seen in source {self.src.name}")
-            self.seen_ids.add(key)
             return rid, key, -1, messages, annotations, meta
         key = content_key(messages)
         k = self.occurrences.get(key, 0)
