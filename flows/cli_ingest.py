@@ -75,7 +75,9 @@ def run_ingest(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``ingest`` subcommand to the peftpipe CLI."""
     p = subparsers.add_parser("ingest", help="convert a source (file, glob, dir, hf:, disk:, URL) to record shards",
-                              description=__doc__.splitlines()[0])
+                              description="Convert one source into Parquet record shards, a quarantine of the "
+                                          "rows that could not be read (with reasons and line numbers) and "
+                                          "stats.json. No Prefect or MLflow involved.")
     p.add_argument("source", metavar="SOURCE", help="file, glob, directory, hf:NAME, disk:PATH or fsspec URL")
     p.add_argument("--format", "-f", default="auto", choices=FORMATS, help="record layout preset (default: auto)")
     p.add_argument("--out", "-o", required=True, help="output directory")
