@@ -110,7 +110,7 @@ def run_variant(variant: Variant, curated: CurateResult, reference: StageOutput,
                          artifact_file="samples.json")
     mlflow.log_artifacts(trained["adapter_dir"], artifact_path="adapter")
     return VariantResult(variant.name, variant.overrides, run_id, curated.split.key[:8], records_kept,
-                         train_records, metrics, evaluation["samples"])
+                         train_records, metrics, evaluation["samples"], cfg.adapter.method)
 
 
 @flow(name="sweep", log_prints=True)
@@ -147,7 +147,8 @@ def sweep_flow(sweep: SweepConfig) -> SweepResult:
                     mlflow.set_tag("peftpipe.error", f"{type(exc).__name__}: {exc}"[:5000])
                     mlflow.end_run(status="FAILED")
                     failed.append(variant.name)
-                    results.append(VariantResult(variant.name, variant.overrides, child.info.run_id, "", 0, 0))
+                    results.append(VariantResult(variant.name, variant.overrides, child.info.run_id, "", 0, 0,
+                                                 method=variant.config.adapter.method))
                     continue
             results.append(result)
             log.info("  eval loss %.4f (base %.4f), %d records kept", result.metrics["adapter_eval_loss"],

@@ -121,9 +121,10 @@ class VariantResult:
     train_records: int  # records it trained on, after the leak check against the shared eval set
     metrics: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)
+    method: str = "lora"  # QLoRA's base is NF4-quantized, so its base_eval_loss differs a little from LoRA's
 
 
-COLUMNS = ("rank", "variant", "records_kept", "train_records", "curation", "eval_loss", "perplexity",
+COLUMNS = ("rank", "variant", "method", "records_kept", "train_records", "curation", "eval_loss", "perplexity",
            "base_eval_loss", "eval_loss_delta", "train_loss", "steps")
 
 
@@ -139,7 +140,7 @@ def comparison_rows(results: list[VariantResult]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
         m = r.metrics
-        rows.append({"variant": r.name, "records_kept": r.records_kept, "train_records": r.train_records,
+        rows.append({"variant": r.name, "method": r.method, "records_kept": r.records_kept, "train_records": r.train_records,
                      "curation": r.curation, "eval_loss": _num(m.get("adapter_eval_loss")),
                      "perplexity": _num(m.get("adapter_perplexity")), "base_eval_loss": _num(m.get("base_eval_loss")),
                      "eval_loss_delta": _num(m.get("eval_loss_delta")), "train_loss": _num(m.get("train_loss")),
@@ -182,12 +183,14 @@ def plot_loss_vs_records(rows: list[dict[str, Any]], path: Path, title: str = ""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     points = [r for r in rows if math.isfinite(r["eval_loss"])]
     ax.scatter([r["records_kept"] for r in points], [r["eval_loss"] for r in points], s=40, zorder=3)
-    for r in points:
-        ax.annotate(r["variant"], (r["records_kept"], r["eval_loss"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
-    base = [r["base_eval_loss"] for r in rows if math.isfinite(r["base_eval_loss"])]
-    if base:
-        ax.axhline(base[0], color="grey", linestyle="--", linewidth=1, label=f"base model ({base[0]:.3f})")
+    for i, r in enumerate(points):  # labels alternate above and below, so near points stay readable
+        ax.annotate(f"{r['rank']}. {r['variant']}", (r["records_kept"], r["eval_loss"]), textcoords="offset points",
+                    xytext=(5, 4 if i % 2 == 0 else -10), fontsize=7)
+    bases = {r["method"]: r["base_eval_loss"] for r in reversed(rows) if math.isfinite(r["base_eval_loss"])}
+    for (method, loss), style in zip(sorted(bases.items()), ("--", ":")):
+        label = "base model" + (" in NF4 (QLoRA)" if method == "qlora" else "")
+        ax.axhline(loss, color="grey", linestyle=style, linewidth=1, label=f"{label} ({loss:.3f})")
+    if bases:
         ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("records kept by curation")
     ax.set_ylabel("eval loss on the shared eval set")
@@ -229,7 +232,8 @@ def comparison_markdown(rows: list[dict[str, Any]], sweep_name: str) -> str:
     legend = "\n".join(f"{r['rank']}. {r['variant']}" for r in rows)
     return (head + markdown_table(rows) + "\n## Eval loss vs records kept\n\n```\n" + text_plot(rows) + "\n```\n\n"
             + legend + "\n\nEvery variant is measured on the same eval set, with the same base model and "
-                       "tokenizer (base_eval_loss is equal across rows by construction).\n")
+                       "tokenizer: base_eval_loss is equal across rows of one method (QLoRA's base is the "
+                       "same model quantized to NF4, so its base loss differs slightly).\n")
 
 
 def publish_comparison(results: list[VariantResult], out_dir: Path, sweep_name: str) -> list[dict[str, Any]]:
@@ -264,6 +268,7 @@ def publish_comparison(results: list[VariantResult], out_dir: Path, sweep_name: 
             mlflow.log_table(_columns(gens), artifact_file="sweep/generations.json")
         mlflow.log_artifact(str(png), artifact_path="sweep")
         mlflow.log_artifact(str(out_dir / "comparison.md"), artifact_path="sweep")
+        mlflow.set_tag("mlflow.note.content", md[:60_000])  # the run page's description shows the table
         finite = [r for r in rows if math.isfinite(r["eval_loss"])]
         if finite:
             mlflow.log_metrics({"best_eval_loss": finite[0]["eval_loss"],

@@ -26,9 +26,9 @@ def swept(tmp_path_factory, prefect_harness):
     path.write_text(yaml.safe_dump({
         "name": "t", "base": str(ROOT / "configs/sample.yaml"),
         "overrides": {"workdir": str(tmp / "work"), "tracking.tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}",
-                      "ingest.sources.0.path": str(ROOT / "data/sample.jsonl"), "ingest.sources.0.limit": 600,
+                      "ingest.sources.0.path": str(ROOT / "data/sample.jsonl"), "ingest.sources.0.limit": 300,
                       "train.max_steps": 3, "train.warmup_steps": 0, "train.eval_every": 3},
-        "variants": [{"dedup.threshold": 0.6}, {"adapter.r": 4, "adapter.alpha": 8}],
+        "variants": [{"dedup.threshold": 0.6}, {"adapter.r": 4, "adapter.alpha": 8}], "samples": 1,
     }, sort_keys=False))
     sweep = load_sweep(path)
     return sweep, sweep_flow(sweep), tmp
@@ -54,7 +54,9 @@ def test_every_variant_is_measured_on_one_eval_set_with_one_base(swept):
     assert all(loss == loss for loss in losses)  # finite: both trained and evaluated
     base_losses = {round(r["base_eval_loss"], 6) for r in rows.values()}
     assert len(base_losses) == 1  # the same base model on the same eval tokens
-    assert rows["threshold=0.6"]["records_kept"] < rows["r=4 alpha=8"]["records_kept"]  # harder dedup, fewer kept
+    # Each variant reports its own curation's count: a lower dedup threshold never keeps more.
+    assert rows["threshold=0.6"]["curation"] != rows["r=4 alpha=8"]["curation"]
+    assert rows["threshold=0.6"]["records_kept"] <= rows["r=4 alpha=8"]["records_kept"]
     assert len(list((tmp / "work/models").iterdir())) == 1  # one tiny base model + tokenizer for the sweep
 
     stages = [p for p in (tmp / "work/stages/shared_eval_split").iterdir() if (p / "_SUCCESS").exists()]
@@ -94,8 +96,10 @@ def test_variants_are_child_runs_with_params_metrics_and_samples(swept):
     sweep_files = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/comparison.json", "sweep/eval_loss_vs_records.png", "sweep/comparison.md"} <= sweep_files
     table = json.loads(Path(client.download_artifacts(parent.info.run_id, "sweep/comparison.json", str(tmp)))
-                       .read_text())
-    assert sorted(table["variant"]) == sorted(r["variant"] for r in result.rows)
+                       .read_text())  # mlflow.log_table's format: {"columns": [...], "data": [[...], ...]}
+    variants = [row[table["columns"].index("variant")] for row in table["data"]]
+    assert sorted(variants) == sorted(r["variant"] for r in result.rows)
+    assert "Best: **" in parent.data.tags["mlflow.note.content"]
 
 
 def test_comparison_is_published_as_prefect_artifacts(swept):
