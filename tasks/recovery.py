@@ -299,6 +299,21 @@ def describe_storage_error(exc: BaseException, workdir: str | Path) -> str | Non
             "rerun: finished work is reused.")
 
 
+def describe_tracking_error(exc: BaseException, tracking_uri: str) -> str | None:
+    """A clear message when the MLflow server went away mid-run (preflight saw it up); None otherwise."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    text = str(exc)
+    host = urllib.parse.urlsplit(tracking_uri).netloc.rsplit("@", 1)[-1]
+    lost = ("Connection refused", "Max retries exceeded", "Failed to establish", "timed out", "ConnectionError")
+    if host not in text or not any(s in text for s in lost):
+        return None
+    return (f"the MLflow tracking server at {redact_url(tracking_uri)} became unreachable during the run "
+            f"({type(exc).__name__}). Finished stages and training checkpoints are kept; rerun once it is back: "
+            "finished work is reused, training resumes from its last checkpoint, and this attempt's run is "
+            "marked FAILED.")
+
+
 # --------------------------------------------------------------------------- secrets
 
 # Exact names, then suffixes: any variable named like a credential is treated as one.

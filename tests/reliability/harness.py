@@ -103,6 +103,23 @@ def file_digests(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+TIMING_KEYS = ("seconds", "tokens_per_s")  # wall-clock figures in stats.json: the only run-dependent bytes
+
+
+def _drop_timings(node):
+    if isinstance(node, dict):
+        return {k: _drop_timings(v) for k, v in node.items() if k not in TIMING_KEYS}
+    return [_drop_timings(v) for v in node] if isinstance(node, list) else node
+
+
+def stage_fingerprint(directory: Path) -> dict[str, str]:
+    """Byte digests of a stage output's files; stats.json compared without its wall-clock timings."""
+    digests = file_digests(directory)
+    stats = json.loads((directory / "stats.json").read_text())
+    digests["stats.json"] = hashlib.sha256(json.dumps(_drop_timings(stats), sort_keys=True).encode()).hexdigest()
+    return digests
+
+
 def complete_stage_dirs(workdir: Path) -> dict[str, Path]:
     return {p.parent.name: p for p in sorted((workdir / "stages").glob("*/*"))
             if not p.name.startswith(".") and (p / "_SUCCESS").is_file()}

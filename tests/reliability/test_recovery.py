@@ -203,3 +203,13 @@ def test_storage_errors_are_described_plainly(tmp_path):
     elsewhere = PermissionError(errno.EACCES, "Permission denied", "/etc/shadow")
     assert recovery.describe_storage_error(elsewhere, tmp_path) is None  # not a workdir problem
     assert recovery.describe_storage_error(ValueError("x"), tmp_path) is None
+
+
+def test_lost_tracking_server_is_described_only_for_connection_failures():
+    uri = "http://u:pw@127.0.0.1:5999"
+    lost = RuntimeError("API request to http://127.0.0.1:5999/api/2.0/mlflow/runs/get failed with exception "
+                        "HTTPConnectionPool(host='127.0.0.1', port=5999): Max retries exceeded")
+    message = recovery.describe_tracking_error(lost, uri)
+    assert "http://u:***@127.0.0.1:5999 became unreachable" in message and "pw" not in message
+    assert recovery.describe_tracking_error(ValueError("bad value"), uri) is None
+    assert recovery.describe_tracking_error(lost, "sqlite:///x.db") is None
