@@ -93,7 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"peftpipe: {exc}", file=sys.stderr)
         return 2
-    from tasks.recovery import PreflightError, describe_storage_error, install_log_scrubber, preflight
+    from tasks.recovery import (
+        PreflightError,
+        describe_storage_error,
+        describe_tracking_error,
+        install_log_scrubber,
+        preflight,
+    )
     install_log_scrubber()  # no token in Prefect's logs or the console
     try:  # unreachable servers, unwritable or full workdir: fail before curation or GPU time
         preflight(cfg)
@@ -102,11 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     try:
         return _run_flow(args.flow, cfg)
-    except OSError as exc:  # a full or read-only disk mid-run: say so plainly, not as a bare library error
-        if (message := describe_storage_error(exc, cfg.workdir)) is None:
+    except Exception as exc:  # a full or read-only disk, a lost MLflow server: say so plainly, exit 4 or 5
+        storage = describe_storage_error(exc, cfg.workdir) if isinstance(exc, OSError) else None
+        message = storage or describe_tracking_error(exc, cfg.tracking.tracking_uri)
+        if message is None:
             raise
         print(f"peftpipe: {message}", file=sys.stderr)
-        return 4
+        return 4 if storage else 5
 
 
 if __name__ == "__main__":
