@@ -14,46 +14,65 @@ import math
 import re
 import time
 import unicodedata
-from collections import Counter, defaultdict
 from pathlib import Path
+
+import numpy as np
+import xxhash
 
 _PUNCT = "".join(chr(c) for c in range(0x110000) if unicodedata.category(chr(c))[0] in "PS")
 _PUNCT_RE = re.compile("[" + re.escape(_PUNCT) + "]+")
 
 
-def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+def shingles(text: str, n: int = 5) -> set[int]:
+    """The doc's distinct word n-grams, each as a 64-bit xxh3 of its words (collisions: ~2^-64 per pair)."""
     words = _PUNCT_RE.sub(" ", unicodedata.normalize("NFKC", text).lower()).split()
     if len(words) < n:
-        return {tuple(words)} if words else set()
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+        grams = [" ".join(words)] if words else []
+    else:
+        grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return {xxhash.xxh3_64_intdigest(g.encode()) for g in grams}
 
 
-def all_pairs(sets: list[set], t: float) -> list[tuple[int, int, float]]:
-    """Exact all pairs (i < j) with Jaccard >= t (Bayardo et al.'s prefix filter + length filter)."""
-    df = Counter(tok for s in sets for tok in s)
-    order = {tok: r for r, (tok, _) in enumerate(sorted(df.items(), key=lambda kv: (kv[1], kv[0])))}
-    ranked = [sorted(order[tok] for tok in s) for s in sets]
-    as_sets = [set(r) for r in ranked]
-    by_size = sorted(range(len(sets)), key=lambda i: len(ranked[i]))
-    index: dict[int, list[int]] = defaultdict(list)
-    pairs = []
-    for i in by_size:
-        toks = ranked[i]
-        size = len(toks)
+def all_pairs(sets: list[set[int]], t: float) -> list[tuple[int, int, float]]:
+    """Exact all pairs (i < j) with Jaccard >= t.
+
+    Prefix filter (Bayardo et al. 2007): order every set's tokens by global frequency, rarest first; two sets
+    with J >= t share a token among their first |s| - ceil(t|s|) + 1 tokens. So every pair sharing a prefix
+    token is checked by exact set intersection, and no other pair can qualify.
+    """
+    arrays = [np.fromiter(s, dtype=np.uint64, count=len(s)) for s in sets]
+    allt = np.concatenate(arrays) if arrays else np.zeros(0, np.uint64)
+    uniq, df = np.unique(np.sort(allt), return_counts=True)
+    rows_tok, rows_doc = [], []
+    for d, arr in enumerate(arrays):
+        size = len(arr)
         if size == 0:
             continue
+        freq = df[np.searchsorted(uniq, arr)]
+        order = np.lexsort((arr, freq))
         prefix = size - math.ceil(t * size) + 1
-        seen: set[int] = set()
-        for tok in toks[:prefix]:
-            for j in index[tok]:
-                if j in seen or len(ranked[j]) < t * size:
-                    continue
-                seen.add(j)
-                inter = len(as_sets[i] & as_sets[j])
-                jac = inter / (size + len(ranked[j]) - inter)
-                if jac >= t:
-                    pairs.append((min(i, j), max(i, j), jac))
-            index[tok].append(i)
+        rows_tok.append(arr[order[:prefix]])
+        rows_doc.append(np.full(prefix, d, dtype=np.int64))
+    tok, doc = np.concatenate(rows_tok), np.concatenate(rows_doc)
+    order = np.lexsort((doc, tok))
+    tok, doc = tok[order], doc[order]
+    starts = np.flatnonzero(np.concatenate([[True], tok[1:] != tok[:-1]]))
+    ends = np.concatenate([starts[1:], [len(tok)]])
+    candidates: set[tuple[int, int]] = set()
+    for lo, hi in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
+        members = doc[lo:hi].tolist()
+        for a in range(len(members)):
+            for b in range(a + 1, len(members)):
+                candidates.add((members[a], members[b]))
+    pairs = []
+    for i, j in candidates:
+        a, b = sets[i], sets[j]
+        if min(len(a), len(b)) < t * max(len(a), len(b)):
+            continue
+        inter = len(a & b)
+        jac = inter / (len(a) + len(b) - inter)
+        if jac >= t:
+            pairs.append((i, j, jac))
     return pairs
 
 

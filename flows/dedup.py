@@ -72,7 +72,8 @@ def task_runner(kind: str, workers: int, ray_address: str | None = None) -> Any:
             from prefect_ray import RayTaskRunner
         except ImportError as exc:
             raise RuntimeError("the ray runner needs prefect-ray: pip install prefect-ray 'ray[default]'") from exc
-        init = {"num_cpus": workers} if ray_address is None else {}
+        # a local cluster: no dashboard (it slows the start on small machines), as many CPUs as workers
+        init = {"num_cpus": workers, "include_dashboard": False} if ray_address is None else {}
         return RayTaskRunner(address=ray_address, init_kwargs=init)
     from prefect.task_runners import ProcessPoolTaskRunner
     return ProcessPoolTaskRunner(max_workers=workers)

@@ -117,7 +117,9 @@ def unit_texts(table: pa.Table, plan: Plan) -> pa.Array:
     if plan.text_field is None:
         return compared_text(table.column("messages"), plan.cfg.text)
     col = table.column(plan.text_field).combine_chunks()
-    return pc.fill_null(col.cast(pa.string()), "")
+    if col.type != pa.string():
+        col = col.cast(pa.string())
+    return pc.fill_null(col, "") if col.null_count else col
 
 
 def unit_ids(table: pa.Table, unit: Unit, plan: Plan) -> pa.Array:

@@ -64,13 +64,17 @@ def compared_text(messages: pa.Array | pa.ChunkedArray, text: str) -> pa.Array:
 
 def normalize(texts: pa.Array, lowercase: bool = True, strip_punct: bool = True, nfkc: bool = True) -> pa.Array:
     """Normalize text the same way for exact and near dedup (whitespace runs are split on later)."""
-    texts = pc.fill_null(texts, "")
-    if nfkc:
+    if texts.null_count:
+        texts = pc.fill_null(texts, "")
+    # Pure-ASCII batches (most English text) skip NFKC, an identity there, and take the ASCII kernels.
+    ascii_only = len(texts) == 0 or pc.all(pc.string_is_ascii(texts)).as_py()
+    if nfkc and not ascii_only:
         texts = pc.utf8_normalize(texts, form="NFKC")
     if lowercase:
-        texts = pc.utf8_lower(texts)
+        texts = pc.ascii_lower(texts) if ascii_only else pc.utf8_lower(texts)
     if strip_punct:
-        texts = pc.replace_substring_regex(texts, pattern=r"[\p{P}\p{S}]+", replacement=" ")
+        pattern = r"[[:punct:]]+" if ascii_only else r"[\p{P}\p{S}]+"  # the same set on ASCII text
+        texts = pc.replace_substring_regex(texts, pattern=pattern, replacement=" ")
     return texts
 
 

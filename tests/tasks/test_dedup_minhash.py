@@ -1,4 +1,6 @@
 """MinHash signatures agree with datasketch; bands/rows meet recall; exact Jaccard and union-find are right."""
+import unicodedata
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -101,3 +103,12 @@ def test_union_find_long_chain():
 def test_empty_shingles_have_max_signature():
     sig = signatures(Shingles(np.zeros(0, np.uint32), np.zeros(2, np.int64)), permutations(16, 1))
     assert (sig == np.uint32(0xFFFFFFFF)).all()
+
+
+def test_ascii_fast_path_normalizes_like_the_unicode_path():
+    texts = ["Hello, World! a_b $5 {x} ~tilde~", "Hello, World! a_b $5 {x} ~tilde~ \u00e9"]
+    ascii_only, mixed = normalize(pa.array(texts[:1])), normalize(pa.array(texts))
+    assert mixed[0].as_py() == ascii_only[0].as_py() == "hello  world  a b  5  x   tilde "
+    # pyarrow 25's utf8_normalize returns decomposed text even for NFKC: equivalent inputs still meet
+    assert unicodedata.normalize("NFC", mixed[1].as_py()) == "hello  world  a b  5  x   tilde  \u00e9"
+    assert normalize(pa.array(["e\u0301", "\u00e9"]))[0] == normalize(pa.array(["\u00e9"]))[0]
