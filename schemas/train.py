@@ -79,6 +79,10 @@ class TrainConfig(StrictModel):
                                              "compile serves every layer); fuses the small ops around the matmuls.")
     merged_export: bool = Field(False, description="Also write the base with the adapter merged in, in bf16 "
                                                    "(QLoRA: into an unquantized copy of the base).")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="Intra-op threads when training on CPU; None: 1 for models under 50M weights "
+                                "(their tiny matmuls gain nothing from threads, and OpenMP spin-waits made steps "
+                                "20x slower on a loaded 2-core machine), torch's default otherwise.")
     num_processes: int | None = Field(
         None, ge=1, description="Data-parallel ranks (torchrun, one per GPU); None: every visible GPU, "
                                 "or 1 on CPU. Each optimizer step takes micro-batches from every rank.")

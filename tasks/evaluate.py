@@ -10,7 +10,7 @@ import torch
 from prefect import task
 
 from schemas.pipeline import PipelineConfig
-from tasks.model import load_base_model, load_base_tokenizer, resolve_device
+from tasks.model import load_base_model, load_base_tokenizer, resolve_device, set_cpu_threads
 from tasks.stage import StageOutput
 from tasks.train import mean_eval_loss, use_fused_loss
 from tasks.train_data import IGNORE_INDEX, Row, load_rows
@@ -45,6 +45,16 @@ def generate(model, tokenizer, ids: list[int], device: torch.device, max_new_tok
 
 def evaluate_adapter(tokenized_dir: Path, base: str, adapter_dir: Path, cfg: PipelineConfig,
                      n_samples: int = 2) -> dict:
+    """See ``_evaluate_adapter``; restores the process's CPU thread count afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return _evaluate_adapter(Path(tokenized_dir), base, Path(adapter_dir), cfg, n_samples)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate_adapter(tokenized_dir: Path, base: str, adapter_dir: Path, cfg: PipelineConfig,
+                      n_samples: int) -> dict:
     """Eval loss and perplexity of the base and of base + adapter on ``tokenized_dir/eval``; the largest
     absolute logit difference the adapter makes on a fixed prompt (> 0 means it changes the model); and
     ``n_samples`` greedy generations, with and without the adapter, from eval prompts."""
@@ -56,6 +66,7 @@ def evaluate_adapter(tokenized_dir: Path, base: str, adapter_dir: Path, cfg: Pip
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     fused = use_fused_loss(cfg.train, device)
     model = PeftModel.from_pretrained(load_base_model(cfg.model, cfg.adapter, device, base=base), adapter_dir)
+    set_cpu_threads(model, device, cfg.train.cpu_threads)
     model.eval()
     model.config.use_cache = True  # generation wants its KV cache back
 

@@ -211,6 +211,20 @@ def compile_layers(model) -> int:
     return len(layers)
 
 
+SMALL_MODEL_WEIGHTS = 50_000_000
+
+
+def set_cpu_threads(model, device: torch.device, requested: int | None = None) -> None:
+    """On CPU: ``requested`` intra-op threads, else 1 for small models. Their tiny matmuls gain nothing from
+    threads, and OpenMP's spin-waiting made each step 20x slower on a loaded 2-core machine."""
+    if device.type != "cpu":
+        return
+    if requested:
+        torch.set_num_threads(requested)
+    elif count_matmul_params(model) < SMALL_MODEL_WEIGHTS:
+        torch.set_num_threads(1)
+
+
 def count_matmul_params(model) -> int:
     """Parameters that take part in a matmul per token (all but the embeddings), for the FLOPs estimate."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -31,6 +31,7 @@ from tasks.model import (
     load_base_model,
     load_base_tokenizer,
     resolve_device,
+    set_cpu_threads,
 )
 from tasks.stage import StageOutput, digest
 from tasks.train_data import DataCursor, Row, eval_batches, load_rows, micro_batches_for_step
@@ -130,7 +131,15 @@ def train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path
     """Train a LoRA/QLoRA adapter on ``tokenized_dir/train``; write ``out/adapter`` (+ tokenizer) and the
     resolved config; return the final metrics. Resumes from ``out/checkpoints`` when a checkpoint is there;
     returns the saved metrics at once when ``out`` is already complete."""
-    out, tokenized_dir = Path(out), Path(tokenized_dir)
+    threads = torch.get_num_threads()
+    try:
+        return _train_adapter(Path(tokenized_dir), base, cfg, Path(out), log_metrics)
+    finally:
+        torch.set_num_threads(threads)  # set_cpu_threads may have changed the process-wide setting
+
+
+def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path,
+                   log_metrics: MetricsFn | None) -> dict:
     if (out / "_SUCCESS").is_file():
         return json.loads((out / "metrics.json").read_text())
     tc = cfg.train
@@ -159,6 +168,7 @@ def train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path
     cursor = DataCursor(seed=tc.seed)
     fused = use_fused_loss(tc, device)
     flops_per_token = 4 * count_matmul_params(model)  # LoRA: forward 2N + input gradients 2N, no weight grads
+    set_cpu_threads(model, device, tc.cpu_threads)
     peak = peak_flops(device)
     progress: dict[str, Any] = {"step": 0, "tokens": 0, "best_eval_loss": float("inf"), "bad_evals": 0,
                                 "train_loss": float("nan"), "eval_loss": float("nan"), "stopped_early": False}

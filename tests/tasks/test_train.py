@@ -120,6 +120,7 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert f(10) == pytest.approx(0.1) and f(6) < f(3)
 
 
+@pytest.mark.slow  # two torchrun ranks each import torch, transformers and peft
 def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_base, tokenized):
     """torchrun with 2 CPU ranks (gloo) of micro-batch 2 takes the same steps as 1 process of micro-batch 4:
     the same rows per step, the loss averaged over the same tokens, the gradients summed across ranks."""
