@@ -22,7 +22,8 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
                  "--disable-dev-shm-usage"]
 UI_TIMEOUT_MS = 90_000  # the UIs load slowly on a busy 2-core machine
 
-pytestmark = pytest.mark.slow
+# The module's fixtures start servers (and, here, run the pipeline) inside the first test's time budget.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from scripts.servers import CPU_POOL, GPU_LIMIT, GPU_POOL, QUIET_ENV, free_port
 from scripts.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+# The module's fixtures start servers (and, here, run the pipeline) inside the first test's time budget.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # A flow run against the PostgreSQL-backed server: a table artifact and the new-dataset variable.
 FLOW = """
