@@ -19,7 +19,9 @@ def tracking(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("registry-test")
+    # Artifacts under tmp_path too, not in ./mlartifacts of the working directory.
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("registry-test",
+                                                                 artifact_location=(tmp_path / "art").as_uri()))
     yield uri
     mlflow.set_tracking_uri(None)
 
