@@ -90,7 +90,9 @@ def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig) -> str:
     info = mlflow.pyfunc.log_model(
         name="adapter", python_model=AdapterGenerator(), artifacts=artifacts, model_config=model_config,
         registered_model_name=name, pip_requirements=_requirements(),
-        input_example=["Hello"],  # mlflow runs predict on it, so a model that cannot generate fails here
+        # MLflow runs predict on the example, so a model that cannot generate fails here; for a big base
+        # that would mean loading it once more just for the check, so only small bundled bases get one.
+        input_example=["Hello"] if "base" in artifacts else None,
     )
     client = mlflow.MlflowClient()
     version_ = str(info.registered_model_version)
