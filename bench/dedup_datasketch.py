@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 import unicodedata
 
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-_PUNCT_RE = None
+# Unicode punctuation and symbols -> space (str.translate: a regex class this big is ~1000x slower).
+_PUNCT = {c: " " for c in range(0x110000) if unicodedata.category(chr(c))[0] in "PS"}
 
 
 def shingle_bytes(text: str, n: int = 5) -> list[bytes]:
-    global _PUNCT_RE
-    if _PUNCT_RE is None:  # built once: the Unicode punctuation and symbol classes
-        chars = "".join(chr(c) for c in range(0x110000) if unicodedata.category(chr(c))[0] in "PS")
-        _PUNCT_RE = re.compile("[" + re.escape(chars) + "]+")
-    words = _PUNCT_RE.sub(" ", unicodedata.normalize("NFKC", text).lower()).split()
+    words = unicodedata.normalize("NFKC", text).lower().translate(_PUNCT).split()
     if len(words) < n:
         return [" ".join(words).encode()] if words else []
     return list({" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)})
