@@ -5,10 +5,10 @@ Unknown keys and bad values raise ``ConfigError`` naming the key, before any wor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from schemas.base import StrictModel
 from schemas.dedup import DedupConfig
@@ -73,13 +73,39 @@ def apply_override(data: dict, parts: list[str], value: Any) -> None:
         node[last] = value
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (list indices step into the item type)."""
+    model: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        for arg in (ann, *get_args(ann)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+        else:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """One line per problem, naming the dotted key; unknown keys list the keys their section allows."""
+    root = root or PipelineConfig
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{key}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "missing" and
-                                          err["type"] != "extra_forbidden" else ""))
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(tuple(err["loc"]), root)
+            allowed = f" (allowed: {', '.join(parent.model_fields)})" if parent else ""
+            lines.append(f"{key}: unknown key{allowed}")
+        elif err["type"] == "missing":
+            lines.append(f"{key}: {err['msg']}")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err['input']!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -82,12 +82,7 @@ def override(key: str, value) -> str:
     return f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
 
 
-# Unknown keys are named, but the message does not list the section's keys yet: that needs a change in
-# schemas/pipeline.format_validation_error (reported to its owner). Remove the mark once it is in.
-UNKNOWN_KEY_LISTS_ALLOWED = pytest.mark.xfail(reason="unknown-key message does not list allowed keys yet",
-                                              strict=False)
-PARAMS = [pytest.param(k, v, n, id=f"{k}={v}", marks=[UNKNOWN_KEY_LISTS_ALLOWED] if "unknown key" in n else [])
-          for k, v, n in CASES]
+PARAMS = [pytest.param(k, v, n, id=f"{k}={v}") for k, v, n in CASES]
 
 
 @pytest.mark.parametrize("key,value,needles", PARAMS)
