@@ -102,3 +102,24 @@ def test_shipped_sweep_configs_validate(name):
     variants = expand_variants(load_sweep(ROOT / "configs" / name))
     assert len(variants) >= 4
     assert len({v.config.model.name_or_path for v in variants}) == 1
+
+
+def run_cli(*argv: str) -> int:
+    import argparse
+
+    from flows import cli_sweep
+
+    parser = argparse.ArgumentParser()
+    cli_sweep.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sweep", *argv])
+    return args.func(args)
+
+
+def test_cli_dry_run_lists_variants_and_bad_keys_exit_2(tmp_path, capsys):
+    path = write_sweep(tmp_path, grid={"dedup.threshold": [0.8, 0.6]}, variants=[{"adapter.r": 4}])
+    assert run_cli("--config", str(path), "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "3 variants, 2 distinct curation settings" in out and "- threshold=0.6" in out
+    assert run_cli("--config", str(path), "--grid", "dedup.treshold=[0.5]", "--dry-run") == 2
+    assert "dedup.treshold: unknown key" in capsys.readouterr().err
+    assert run_cli("--config", str(path), "--set", "model.dtype=float64", "--dry-run") == 2
