@@ -66,7 +66,7 @@ def pipeline_run(cfg: PipelineConfig, flow_name: str) -> Iterator[mlflow.ActiveR
     tags = {"peftpipe.flow": flow_name, "peftpipe.config": cfg.name, **recovery.owner_tags()}
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
-    run = mlflow.start_run(run_name=name, tags=tags)
+    run = mlflow.start_run(run_name=name, tags=tags, log_system_metrics=True)  # CPU, memory (GPU with pynvml)
     try:
         mlflow.log_params(recovery.scrub_params(flatten(cfg.model_dump(mode="json"))))
         yield run
