@@ -2,11 +2,14 @@
 server: both finish, each trains its own adapter on the shared curated data, neither sees the other's run."""
 from __future__ import annotations
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 
 from tasks.tracking import content_digest
 from tests.reliability.harness import assert_nothing_partial_looks_complete, complete_stage_dirs
+
+pytestmark = pytest.mark.slow  # real CLI runs: minutes on 2 cores
 
 
 def test_both_runs_succeed(concurrent_pair):

@@ -57,6 +57,7 @@ def test_unwritable_workdir_without_root(tmp_path):
     assert "is not writable: Not a directory" in run.output() and "Traceback" not in run.output()
 
 
+@pytest.mark.slow
 def test_disk_full_mid_curation_then_rerun_with_room(tmp_path, tmpfs, concurrent_pair, prefect_api):
     workdir = tmpfs / "work"
     env = cli_env(tmp_path, PEFTPIPE_MIN_FREE_MB="1", PREFECT_API_URL=prefect_api)  # let preflight pass: the disk fills up during the run

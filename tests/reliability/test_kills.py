@@ -30,6 +30,7 @@ from tests.reliability.harness import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # real CLI runs: minutes on 2 cores
 SEED = 20261128
 CURATION = ("ingest", "dedup", "filter", "tokenize")
 

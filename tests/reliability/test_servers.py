@@ -78,6 +78,7 @@ def test_retry_policy_waits_for_a_late_server():
         servers[0].shutdown()
 
 
+@pytest.mark.slow
 def test_mlflow_server_lost_mid_run_then_rerun_loses_nothing(tmp_path, prefect_api):
     """The tracking server dies while curation runs: the run fails naming the server, every finished stage
     stays; with the server back, the rerun reuses them all and the dead attempt's run is marked FAILED."""
