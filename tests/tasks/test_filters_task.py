@@ -80,12 +80,11 @@ def test_report_goes_to_the_active_mlflow_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_artifacts_are_published_inside_a_flow(tmp_path):
+def test_artifacts_are_published_inside_a_flow(tmp_path, prefect_harness):
     import asyncio
 
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.testing.utilities import prefect_test_harness
 
     up, cfg = _upstream(tmp_path), _cfg(tmp_path)
 
@@ -93,11 +92,10 @@ def test_artifacts_are_published_inside_a_flow(tmp_path):
     def curate() -> StageOutput:
         return filter_task(up, cfg)
 
-    with prefect_test_harness(server_startup_timeout=180):  # a busy 2-core CI box can be slow to start it
-        out = curate()
-        assert read_ledger(out.path).n_in == 20
+    out = curate()
+    assert read_ledger(out.path).n_in == 20
 
-        async def keys() -> set[str]:
-            async with get_client() as client:
-                return {a.key for a in await client.read_artifacts()}
-        assert {"filter-drops", "filter-report"} <= asyncio.run(keys())
+    async def keys() -> set[str]:
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts()}
+    assert {"filter-drops", "filter-report"} <= asyncio.run(keys())
