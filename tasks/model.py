@@ -15,7 +15,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
-from tasks.stage import StageOutput, digest
+from tasks.stage import StageOutput, digest, publish_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -76,6 +76,10 @@ def build_tiny_llama(tokenizer_dir: Path, out_dir: Path, model_cfg: ModelConfig,
     return out_dir
 
 
+def _tiny_complete(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
 def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path | None) -> str:
     """The base model to train on: a path to the tiny model built for this corpus, or the configured hub id.
 
@@ -90,7 +94,7 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
 
     key = digest(TINY_VERSION, model_cfg, _corpus_digest(corpus_dir))
     final = Path(workdir) / "models" / f"{TINY}-{key}"
-    if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
+    if _tiny_complete(final):
         return str(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
@@ -98,9 +102,7 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
     try:
         train_sample_tokenizer(record_texts(corpus_dir), tmp, vocab_size=model_cfg.tiny_vocab_size)
         build_tiny_llama(tmp, tmp, model_cfg)
-        if final.exists():  # a leftover without its weights
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_dir(tmp, final, _tiny_complete)  # a concurrent run may already read its twin
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(final)

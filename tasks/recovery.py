@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,23 +111,6 @@ def sweep_stale_tmp(workdir: str | Path) -> list[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
     return removed
-
-
-def publish_dir(tmp: Path, final: Path, is_complete: Callable[[Path], bool]) -> Path:
-    """Rename a finished temporary directory into place unless a concurrent run already published a complete
-    one (same key, same content, possibly being read: it must not be deleted under its reader)."""
-    if is_complete(final):
-        shutil.rmtree(tmp, ignore_errors=True)
-        return final
-    if final.exists():  # an incomplete leftover from a killed run
-        shutil.rmtree(final, ignore_errors=True)
-    try:
-        os.replace(tmp, final)
-    except OSError:  # the concurrent run renamed its output in between
-        if not is_complete(final):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 # --------------------------------------------------------------------------- preflight

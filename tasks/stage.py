@@ -94,6 +94,23 @@ def is_complete(path: Path) -> bool:
     return (path / SUCCESS).is_file() and (path / STATS).is_file()
 
 
+def publish_dir(tmp: Path, final: Path, complete: Callable[[Path], bool] = is_complete) -> Path:
+    """Rename a finished temporary directory into place, unless a concurrent run already published a complete
+    one: same key, same content, and possibly being read, so it must not be deleted under its reader."""
+    if complete(final):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return final
+    if final.exists():  # an incomplete leftover from a killed run
+        shutil.rmtree(final, ignore_errors=True)
+    try:
+        os.replace(tmp, final)
+    except OSError:  # the concurrent run renamed its output in between
+        if not complete(final):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], Ledger]) -> StageOutput:
     """Run ``body(tmpdir) -> Ledger`` unless ``workdir/stages/name/key`` is already complete.
 
@@ -111,17 +128,7 @@ def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], L
         ledger.stage = ledger.stage or name
         ledger.write(tmp)
         (tmp / SUCCESS).write_text("")
-        # A concurrent run with the same key may have finished first: its output is the same and may be
-        # being read, so keep it rather than delete it under the reader.
-        if is_complete(final):
-            return StageOutput(name, key, final)
-        if final.exists():  # an incomplete leftover from a killed run
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # the concurrent run renamed its output in between
-            if not is_complete(final):
-                raise
+        publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return StageOutput(name, key, final)

@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks import recovery
+from tasks.stage import publish_dir
 
 
 def closed_port() -> int:
@@ -176,9 +177,9 @@ def test_publish_dir_keeps_a_concurrent_complete_output(tmp_path):
         d.mkdir()
         (d / "x").write_text(text)
         (d / "_SUCCESS").write_text("")
-    assert recovery.publish_dir(first, final, complete) == final
+    assert publish_dir(first, final, complete) == final
     inode = (final / "x").stat().st_ino
-    recovery.publish_dir(second, final, complete)  # the later twin does not replace what a reader may hold
+    publish_dir(second, final, complete)  # the later twin does not replace what a reader may hold
     assert (final / "x").read_text() == "first" and (final / "x").stat().st_ino == inode
     assert not second.exists()
     leftover = tmp_path / "other"
@@ -186,7 +187,7 @@ def test_publish_dir_keeps_a_concurrent_complete_output(tmp_path):
     third = tmp_path / ".other.tmp-3"
     third.mkdir()
     (third / "_SUCCESS").write_text("")
-    recovery.publish_dir(third, leftover, complete)
+    publish_dir(third, leftover, complete)
     assert complete(leftover) and not third.exists()
 
 
