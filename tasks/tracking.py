@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import subprocess
 import time
@@ -119,13 +120,18 @@ def log_curated_dataset(split: StageOutput, name: str, preview_rows: int = 1000)
     return digests
 
 
-def log_metrics_fn(run_id: str, tracking_uri: str) -> Callable[[dict[str, float], int], None]:
-    """A thread-safe per-step logger bound to one run (the fluent API's active run is thread-local)."""
+def log_metrics_fn(run_id: str, tracking_uri: str | None = None) -> Callable[[dict[str, float], int], None]:
+    """A thread-safe per-step logger bound to one run (the fluent API's active run is thread-local).
+
+    Non-finite values (a NaN grad norm, say) are skipped rather than failing the batch.
+    """
     client = MlflowClient(tracking_uri=tracking_uri)
 
     def log(metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()])
+        batch = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        client.log_batch(run_id, metrics=batch)
     return log
 
 

@@ -278,16 +278,27 @@ def mlflow_metrics_logger(run_id: str | None) -> MetricsFn | None:
     """Per-step metrics into ``run_id`` through the client API, which needs no active run in this thread."""
     if not run_id:
         return None
-    import mlflow
-    from mlflow.entities import Metric
+    from tasks.tracking import log_metrics_fn
 
-    client = mlflow.MlflowClient()
+    return log_metrics_fn(run_id)
 
-    def log(metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
-                                          if v is not None and math.isfinite(float(v))])
-    return log
+
+def with_progress_artifact(log: MetricsFn | None, max_steps: int) -> MetricsFn | None:
+    """Chain a Prefect progress artifact (percent of steps done) onto the per-step logger, inside a run."""
+    from tasks.artifacts import in_run
+
+    if not in_run():
+        return log
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    artifact = create_progress_artifact(0.0, key="training-progress", description="Optimizer steps done")
+
+    def log_and_report(metrics: dict[str, float], step: int) -> None:
+        if log is not None:
+            log(metrics, step)
+        if "train_loss" in metrics:
+            update_progress_artifact(artifact, min(100.0, 100.0 * step / max_steps))
+    return log_and_report
 
 
 def adapter_key(tokenized: StageOutput, base: str, cfg: PipelineConfig) -> str:
@@ -305,4 +316,5 @@ def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: s
     nproc = num_processes(cfg)
     if nproc > 1 and not (out / "_SUCCESS").is_file():
         return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
-    return train_adapter(tokenized.path, base, cfg, out, mlflow_metrics_logger(run_id))
+    log = with_progress_artifact(mlflow_metrics_logger(run_id), cfg.train.max_steps)
+    return train_adapter(tokenized.path, base, cfg, out, log)

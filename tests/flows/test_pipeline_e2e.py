@@ -114,3 +114,18 @@ def test_mlflow_run_holds_config_ledgers_curves_dataset_and_adapter(run):
     assert len(contexts["training"].digest) >= 16
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in artifacts
+
+
+def test_prefect_artifacts_show_ledger_reports_progress_and_mlflow_link(run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def artifacts():
+        async with get_client() as client:
+            return {a.key: a for a in await client.read_artifacts() if a.key}
+
+    found = asyncio.run(artifacts())
+    assert {"curation-ledger", "ingest-lineage", "filter-report", "training-progress", "mlflow-run"} <= set(found)
+    assert float(found["training-progress"].data) == 100.0
+    assert run[1].run_id in found["mlflow-run"].data
