@@ -40,7 +40,7 @@ from tasks.formats import resolve_fields
 from tasks.ingest_parallel import can_split, convert_split, reconcile
 from tasks.ingest_readers import IngestError, Row, SourceStats, read_file, read_hf, resolve_files
 from tasks.ingest_rows import PartResult, RowConverter, content_record_id, detect_preset, record_id
-from tasks.stage import Ledger, StageOutput, digest, run_stage, shard_paths
+from tasks.stage import IO_RETRIES, Ledger, StageOutput, digest, run_stage, shard_paths
 
 __all__ = ["INGEST_VERSION", "IngestError", "content_record_id", "ingest", "ingest_source", "ingest_task",
            "lineage_rows", "log_lineage_to_mlflow", "record_id", "source_fingerprint"]
@@ -183,7 +183,7 @@ def lineage_rows(stage: StageOutput) -> list[dict[str, Any]]:
     return rows
 
 
-@task(name="ingest")
+@task(name="ingest", **IO_RETRIES)
 def ingest_task(cfg: PipelineConfig) -> StageOutput:
     """Ingest the configured sources (reusing a finished output of the same sources and config)."""
     # workers changes how fast, never what: it stays out of the key

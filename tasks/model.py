@@ -15,7 +15,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
-from tasks.stage import StageOutput, digest, publish_dir
+from tasks.stage import IO_RETRIES, StageOutput, digest, publish_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -108,7 +108,7 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
     return str(final)
 
 
-@task(name="prepare-base-model")
+@task(name="prepare-base-model", **IO_RETRIES)
 def prepare_base_model_task(cfg: PipelineConfig, corpus: StageOutput) -> str:
     """Prefect wrapper: the tokenizer of the tiny model learns from the training split only."""
     corpus_dir = corpus.data("train") if corpus.data("train").is_dir() else corpus.data()

@@ -7,6 +7,7 @@ rerun with the same inputs reuses the finished output (as datatrove's completion
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -214,3 +215,28 @@ def with_reject_columns(table: pa.Table, stage: str, reasons: list[str] | str,
     return (table.append_column("reject_stage", pa.array([stage] * n, pa.string()))
             .append_column("reject_reason", pa.array(reasons, pa.string()))
             .append_column("reject_detail", pa.array(details, pa.string())))
+
+
+# Retries for tasks that read from the network (hub datasets and models, fsspec URLs): transient errors only,
+# so a missing file or a bad row still fails at once with its own message.
+_TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED}
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only what may succeed on a second try."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - the state's own exception, re-raised by result()
+        return is_transient(exc) or is_transient(exc.__cause__)
+    return False
+
+
+IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [5, 20, 60],
+                              "retry_condition_fn": retry_on_transient}
+

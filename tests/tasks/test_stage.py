@@ -80,3 +80,31 @@ def test_unbalanced_stage_never_completes(tmp_path):
 def test_digest_is_stable_and_sensitive():
     assert digest("a", {"x": 1, "y": 2}) == digest("a", {"y": 2, "x": 1})
     assert digest("a", {"x": 1}) != digest("a", {"x": 2})
+
+
+def test_io_retries_retry_transient_errors_only(prefect_harness):
+    from prefect import flow, task
+
+    from tasks.stage import IO_RETRIES
+
+    calls = {"flaky": 0, "missing": 0}
+
+    @task(**{**IO_RETRIES, "retry_delay_seconds": 0})
+    def flaky():
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise ConnectionError("hub unreachable")
+        return "ok"
+
+    @task(**{**IO_RETRIES, "retry_delay_seconds": 0})
+    def missing():
+        calls["missing"] += 1
+        raise FileNotFoundError("data/nope.jsonl")
+
+    @flow
+    def run():
+        return flaky(), missing(return_state=True)
+
+    result, state = run()
+    assert result == "ok" and calls["flaky"] == 3
+    assert state.is_failed() and calls["missing"] == 1
