@@ -2,7 +2,9 @@
 changes the model's output, and a few greedy generations from eval prompts to read."""
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from tasks.model import load_base_model, load_base_tokenizer, resolve_device, set_cpu_threads
-from tasks.stage import StageOutput
+from tasks.stage import StageOutput, digest
 from tasks.train import mean_eval_loss, use_fused_loss
 from tasks.train_data import IGNORE_INDEX, Row, load_rows
 
@@ -99,5 +101,15 @@ def _evaluate_adapter(tokenized_dir: Path, base: str, adapter_dir: Path, cfg: Pi
 
 @task(name="evaluate")
 def evaluate_task(tokenized: StageOutput, base: str, adapter_dir: Path, cfg: PipelineConfig) -> dict:
-    """Prefect wrapper over ``evaluate_adapter`` for the tokenized stage's eval split."""
-    return evaluate_adapter(tokenized.path, base, Path(adapter_dir), cfg)
+    """Prefect wrapper over ``evaluate_adapter`` for the tokenized stage's eval split.
+
+    The result is kept beside the adapter, keyed by the eval split, so a cached rerun does not evaluate again.
+    """
+    cached = Path(adapter_dir).parent / f"evaluation-{digest(tokenized.key, base)}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    result = evaluate_adapter(tokenized.path, base, Path(adapter_dir), cfg)
+    tmp = cached.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, default=str))
+    os.replace(tmp, cached)  # atomic: a killed run never leaves half a result
+    return result
