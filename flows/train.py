@@ -39,6 +39,7 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
         base = prepare_base_model_task(cfg, curated.split)
         tokenized = tokenize_task(curated.split, base, cfg)
         tracking.log_ledger(tokenized)
+        tracking.log_tokenized_dataset(tokenized, cfg.name)
         trained = train_task(tokenized, base, cfg, run.info.run_id)
         adapter_dir = Path(trained["adapter_dir"])
         evaluation = evaluate_task(tokenized, base, adapter_dir, cfg)

@@ -74,11 +74,28 @@ class AdapterGenerator(mlflow.pyfunc.PythonModel):
         return outputs
 
 
+def _registered_version(name: str, adapter_key: str):
+    """The registered version of ``name`` that holds this adapter, if any."""
+    try:
+        found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and tags.adapter_key = '{adapter_key}'")
+    except mlflow.exceptions.MlflowException:  # a registry without tag search: log a new version
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
 def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig) -> str:
     """Log the adapter as a pyfunc model into the active MLflow run, register it under
     ``cfg.tracking.register_as`` (or ``cfg.name``) and point the alias 'candidate' at the new version.
     Returns the logged model's URI."""
     adapter_dir = Path(adapter_dir)
+    name = cfg.tracking.register_as or cfg.name
+    adapter_key = adapter_dir.parent.name  # the content-addressed training output this adapter came from
+    if (existing := _registered_version(name, adapter_key)) is not None:
+        # A cached rerun: the same adapter is already registered; point the alias and this run at it instead
+        # of logging and registering a copy (the slowest part of a rerun).
+        mlflow.MlflowClient().set_registered_model_alias(name, CANDIDATE_ALIAS, existing.version)
+        mlflow.set_tags({"peftpipe.model_version": f"{name}/{existing.version}", "peftpipe.adapter_reused": "true"})
+        return f"models:/{name}/{existing.version}"
     artifacts = {"adapter": str(adapter_dir)}
     base_path = Path(base)
     if base_path.is_dir() and _dir_bytes(base_path) <= BUNDLE_BASE_MAX_BYTES:
@@ -86,7 +103,6 @@ def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig) -> str:
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
     model_config = {"base": base, "revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code,
                     "max_new_tokens": 64, "method": cfg.adapter.method, "r": adapter_config.get("r")}
-    name = cfg.tracking.register_as or cfg.name
     info = mlflow.pyfunc.log_model(
         name="adapter", python_model=AdapterGenerator(), artifacts=artifacts, model_config=model_config,
         registered_model_name=name, pip_requirements=_requirements(),
@@ -97,6 +113,7 @@ def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig) -> str:
     client = mlflow.MlflowClient()
     version_ = str(info.registered_model_version)
     client.set_registered_model_alias(name, CANDIDATE_ALIAS, version_)
-    for key, value in {"base": base, "method": cfg.adapter.method}.items():
+    mlflow.set_tags({"peftpipe.model_version": f"{name}/{version_}"})
+    for key, value in {"base": base, "method": cfg.adapter.method, "adapter_key": adapter_key}.items():
         client.set_model_version_tag(name, version_, key, value)
     return info.model_uri

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
+import pyarrow as pa
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
@@ -118,6 +120,34 @@ def log_curated_dataset(split: StageOutput, name: str, preview_rows: int = 1000)
                                               digest=digests[part])
         mlflow.log_input(dataset, context=context)
     return digests
+
+
+def files_digest(directory: Path) -> str:
+    """Digest of a shard directory's bytes (stage outputs are written deterministically)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(directory).glob("*.parquet")):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:32]
+
+
+def log_tokenized_dataset(tokenized: StageOutput, name: str, preview_rows: int = 1000) -> str:
+    """Log the packed training rows as an ``mlflow.data`` input (context ``tokenized``) with a byte digest."""
+    directory = tokenized.data("train")
+    digest_ = files_digest(directory)
+    wanted = ("num_tokens", "num_seqs", "num_loss_tokens")
+    batch = next(iter_batches(directory, batch_size=preview_rows), None)
+    if batch is None:
+        preview = pd.DataFrame(columns=list(wanted))
+    else:
+        preview = pa.Table.from_batches([batch]).select([c for c in wanted if c in batch.schema.names]).to_pandas()
+    with warnings.catch_warnings():  # a local path matches two equivalent source resolvers
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(preview, source=str(directory.resolve()), name=f"{name}-tokenized-train",
+                                          digest=digest_)
+    mlflow.log_input(dataset, context="tokenized")
+    return digest_
 
 
 def log_metrics_fn(run_id: str, tracking_uri: str | None = None) -> Callable[[dict[str, float], int], None]:

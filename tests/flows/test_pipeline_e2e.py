@@ -110,7 +110,7 @@ def test_mlflow_run_holds_config_ledgers_curves_dataset_and_adapter(run):
     train_curve = client.get_metric_history(result.run_id, "train_loss")
     assert len(train_curve) >= 10 and len(client.get_metric_history(result.run_id, "eval_loss")) >= 2
     contexts = {i.tags[0].value: i.dataset for i in r.inputs.dataset_inputs if i.tags}
-    assert {"training", "evaluation"} <= set(contexts)
+    assert {"training", "evaluation", "tokenized"} <= set(contexts)
     assert len(contexts["training"].digest) >= 16
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in artifacts

@@ -52,3 +52,11 @@ def test_logged_adapter_is_registered_loads_and_generates(tmp_path, tracking):
     out = loaded.predict(["what colour is the sky?"], params={"max_new_tokens": 5})
     assert isinstance(out, list) and len(out) == 1 and isinstance(out[0], str) and out[0]
     assert uri.startswith("models:/")
+
+    # A cached rerun with the same adapter points the alias at the registered version instead of a copy.
+    with mlflow.start_run() as rerun:
+        again = log_adapter_model(adapter, str(base), cfg)
+    client = mlflow.MlflowClient()
+    assert again == f"models:/tiny-test/{version.version}"
+    assert len(client.search_model_versions("name = 'tiny-test'")) == 1
+    assert client.get_run(rerun.info.run_id).data.tags["peftpipe.adapter_reused"] == "true"
