@@ -9,7 +9,7 @@ TORCH   ?= torch==2.13.0
 PREFECT_PORT ?= 4200
 MLFLOW_PORT  ?= 5000
 
-.PHONY: run test venv dev curate train ui ui-stop lint data bench-ingest bench-dedup bench-filters bench-tokenize clean
+.PHONY: run test venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -55,7 +55,7 @@ PG_PORT ?= 5433
 GPUS    ?= 1
 POOL    ?= peftpipe-cpu
 API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
-.PHONY: ui-postgres worker deploy
+.PHONY: run test venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration
 
 ui-postgres: venv  ## the production profile, locally: both servers on a PostgreSQL cluster in .cache/pg
 	$(BIN)/python scripts/postgres.py start --dir .cache/pg --port $(PG_PORT)
@@ -71,3 +71,22 @@ deploy: venv  ## create the curate, train and pipeline deployments of prefect.ya
 
 clean:
 	rm -rf work mlruns.db mlartifacts mlruns .cache
+
+# Benchmarks (CPU ones here; GPU training runs on a GPU node: see BENCHMARKS.md "Training" for the command).
+bench-ingest: venv
+	$(BIN)/python bench/ingest_bench.py --gb 1.0
+
+bench-dedup: venv  ## peftpipe alone; the side-by-side run with datasketch/datatrove/text-dedup is in BENCHMARKS.md
+	$(BIN)/python bench/dedup_corpus.py synthetic --docs 20000 --out .cache/syn20k.jsonl
+	$(BIN)/python bench/dedup_truth.py .cache/syn20k.jsonl --out .cache/syn20k.truth.json
+	$(BIN)/python bench/dedup_bench.py --corpus .cache/syn20k.jsonl --truth .cache/syn20k.truth.json \
+	    --name synthetic-20k --tools peftpipe --repeat 1
+
+bench-filters: venv
+	$(BIN)/python bench/filters_bench.py --records 1000000 --out bench/filters_results.json
+
+bench-tokenize: venv
+	$(BIN)/python bench/tokenize_bench.py --records 8000 --repeats 2 --num-proc 1 2
+
+bench-orchestration: venv
+	$(BIN)/python bench/orchestration_bench.py --max-steps 10 --skip-deployment
