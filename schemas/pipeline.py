@@ -116,8 +116,8 @@ def validate_config(data: dict) -> PipelineConfig:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a YAML config, apply ``section.key=value`` overrides and validate the result."""
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping, or a ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -127,6 +127,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML config, apply ``section.key=value`` overrides and validate the result."""
+    data = read_yaml_mapping(path)
     for item in overrides or []:
         apply_override(data, *parse_override(item))
     return validate_config(data)

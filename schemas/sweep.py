@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from schemas.base import StrictModel
@@ -27,6 +26,7 @@ from schemas.pipeline import (
     apply_override,
     format_validation_error,
     parse_override,
+    read_yaml_mapping,
     validate_config,
 )
 
@@ -85,23 +85,11 @@ def curation_settings(cfg: PipelineConfig) -> dict[str, Any]:
     return {"workdir": cfg.workdir, **{s: dumped[s] for s in CURATION_SECTIONS}}
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
-
-
 def load_sweep(path: str | Path, sets: list[str] | None = None, grid: list[str] | None = None) -> SweepConfig:
     """Read a sweep file; ``sets`` ('section.key=value') join its shared overrides and ``grid``
     ('section.key=[v1, v2]') replaces or adds axes. The base path is resolved and every variant validated."""
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     try:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as exc:
@@ -183,7 +171,7 @@ def _yaml_value(value: Any) -> str:
 
 
 def base_data(sweep: SweepConfig) -> dict:
-    return _read_yaml(Path(sweep.base))
+    return read_yaml_mapping(Path(sweep.base))
 
 
 def reference_config(sweep: SweepConfig) -> PipelineConfig:
