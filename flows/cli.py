@@ -25,26 +25,38 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set dedup.threshold=0.7 (repeatable)")
 
 
-def _quiet_prefect() -> None:
-    # The temporary Prefect server prints shutdown tracebacks after a successful run; a user's first run
-    # should not end in noise. Real errors still surface through the flow's own exception.
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
-    # Offline by default: no telemetry calls that can only fail and log errors.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.5")
+# Offline and quiet by default; the tests set the same (tests/conftest.py calls offline_env_defaults).
+ENV_DEFAULTS = {
+    # The temporary Prefect server prints shutdown tracebacks after a successful run; errors still surface
+    # through the flow's own exception.
+    "PREFECT_SERVER_LOGGING_LEVEL": "ERROR",
+    # No telemetry calls that can only fail and log errors on an offline machine.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
     # Library chatter (progress bars, deprecation notices) would bury the stage summaries.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # The temporary server's first start migrates its SQLite database; 20 s is too tight on 2 busy cores.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def offline_env_defaults() -> None:
+    """Set ENV_DEFAULTS where the user has not; must run before prefect or mlflow is imported."""
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _quiet_prefect() -> None:
+    offline_env_defaults()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # The temporary server's first start migrates its SQLite database; 20 s is too tight on 2 busy cores.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _run_flow(kind: str, cfg: PipelineConfig) -> int:
