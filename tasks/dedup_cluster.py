@@ -85,6 +85,15 @@ def exact_decisions(keys: pa.Table, keep: str) -> pa.Table:
     return decide(meta.select(["idx", "id", "score", "length", "root"]), keep)
 
 
+# Small row groups: each unit reads only its rows' decisions, pruned by the row groups' idx statistics.
+DECISION_ROW_GROUP = 65_536
+
+
+def write_decisions(table: pa.Table, path: Path) -> None:
+    """Write decisions sorted by idx."""
+    pq.write_table(table, path, row_group_size=DECISION_ROW_GROUP)
+
+
 def read_decisions(path: Path, start: int, stop: int) -> pa.Table:
     """The decisions of global rows [start, stop), from a decisions file sorted by idx."""
     if not path.exists():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,33 +50,104 @@ def serial_map(fn: Callable[..., Any], items: list) -> list:
 
 @dataclass(frozen=True)
 class Unit:
-    """A slice of an input shard: whole row groups, with the global index of its first row."""
+    """At most ``unit_rows`` consecutive input rows: whole row groups, or one slice of a row group larger than
+    that (``offset`` rows into it). ``start`` is the global index of its first row."""
 
     index: int
     path: str
     row_groups: tuple[int, ...]
     start: int
     rows: int
+    offset: int = 0
+    sliced: bool = False  # a slice of a larger row group, read by streaming (iter_unit_tables)
 
 
 def plan_units(paths: list[Path], unit_rows: int) -> list[Unit]:
-    """Cut shards into units of about ``unit_rows`` rows along row-group boundaries."""
+    """Cut shards into units of at most ``unit_rows`` rows: small row groups are joined, large ones sliced,
+    so the memory of one unit's work follows the configuration, not how the input was written (pyarrow's
+    default row group holds a million rows)."""
     units: list[Unit] = []
     start = 0
+
+    def add(path: Path, groups: tuple[int, ...], rows: int, offset: int = 0, sliced: bool = False) -> None:
+        nonlocal start
+        units.append(Unit(len(units), str(path), groups, start, rows, offset, sliced))
+        start += rows
+
     for path in paths:
         meta = pq.ParquetFile(path).metadata
         groups: list[int] = []
         rows = 0
         for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if groups and rows + n > unit_rows:
+                add(path, tuple(groups), rows)
+                groups, rows = [], 0
+            if n > unit_rows:
+                for offset in range(0, n, unit_rows):
+                    add(path, (g,), min(unit_rows, n - offset), offset, sliced=True)
+                continue
             groups.append(g)
-            rows += meta.row_group(g).num_rows
-            if rows >= unit_rows:
-                units.append(Unit(len(units), str(path), tuple(groups), start, rows))
-                start, groups, rows = start + rows, [], 0
+            rows += n
         if rows:
-            units.append(Unit(len(units), str(path), tuple(groups), start, rows))
-            start += rows
+            add(path, tuple(groups), rows)
     return units
+
+
+def plan_spans(units: list[Unit], workers: int) -> list[list[Unit]]:
+    """Work items for the steps that read the input: one unit each, except that the slices of one large row
+    group go together (up to an even share of the work per worker), so the group is decoded once per span."""
+    share = max(1, math.ceil(len(units) / (2 * max(workers, 1))))
+    spans: list[list[Unit]] = []
+    for unit in units:
+        last = spans[-1][-1] if spans else None
+        if (unit.sliced and unit.offset > 0 and last is not None and last.path == unit.path
+                and last.row_groups == unit.row_groups and len(spans[-1]) < share):
+            spans[-1].append(unit)
+        else:
+            spans.append([unit])
+    return spans
+
+
+class _SliceReader:
+    """Streams one row group in batches and hands out consecutive row slices of it."""
+
+    def __init__(self, unit: Unit, columns: list[str] | None) -> None:
+        self.key = (unit.path, unit.row_groups)
+        self.batches = pq.ParquetFile(unit.path, buffer_size=1 << 20).iter_batches(
+            batch_size=unit.rows, row_groups=list(unit.row_groups), columns=columns, use_threads=False)
+        self.pos = 0  # row-group row of the first row of ``pending``
+        self.pending: pa.RecordBatch | None = None
+
+    def take(self, offset: int, rows: int) -> pa.Table:
+        out = []
+        while rows > 0:
+            if self.pending is None:
+                self.pending = next(self.batches)
+            batch = self.pending
+            lo = offset - self.pos
+            if lo >= batch.num_rows:  # rows before the slice: skip the batch
+                self.pos += batch.num_rows
+                self.pending = None
+                continue
+            n = min(batch.num_rows - lo, rows)
+            out.append(batch.slice(lo, n))
+            offset, rows = offset + n, rows - n
+            self.pending = batch.slice(lo + n) if lo + n < batch.num_rows else None
+            self.pos = offset
+        return pa.Table.from_batches(out)
+
+
+def iter_unit_tables(span: list[Unit], columns: list[str] | None = None) -> Iterator[tuple[Unit, pa.Table]]:
+    """Each unit of a span with its rows, in order; slices of one row group share one streaming read."""
+    reader: _SliceReader | None = None
+    for unit in span:
+        if not unit.sliced:
+            yield unit, pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups), columns=columns)
+            continue
+        if reader is None or reader.key != (unit.path, unit.row_groups) or reader.pos > unit.offset:
+            reader = _SliceReader(unit, columns)
+        yield unit, reader.take(unit.offset, unit.rows)
 
 
 @dataclass(frozen=True)
@@ -109,7 +180,12 @@ def make_plan(cfg: DedupConfig, work: Path, n_docs: int, text_field: str | None 
 
 
 def read_unit(unit: Unit, columns: list[str] | None = None) -> pa.Table:
-    return pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups), columns=columns)
+    return next(iter_unit_tables([unit], columns))[1]
+
+
+def run_span(span: list[Unit], step: Callable[..., Any], columns: list[str] | None = None, **kwargs: Any) -> list:
+    """Apply a per-unit ``step(unit, table, **kwargs)`` to each unit of a span (one mapped work item)."""
+    return [step(unit, table, **kwargs) for unit, table in iter_unit_tables(span, columns)]
 
 
 def unit_texts(table: pa.Table, plan: Plan) -> pa.Array:
@@ -143,10 +219,9 @@ def unit_scores(table: pa.Table) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), -np.inf)
 
 
-def sketch_unit(unit: Unit, plan: Plan) -> dict[str, int]:
-    """Signatures of one unit, written to disk: band keys per partition, shingles, meta."""
+def sketch_unit(unit: Unit, table: pa.Table, plan: Plan) -> dict[str, int]:
+    """Signatures of one unit's rows, written to disk: band keys per partition, shingles, meta."""
     cfg, root = plan.cfg, plan.root
-    table = read_unit(unit)
     texts = unit_texts(table, plan)
     norm = normalize(texts, cfg.lowercase, cfg.strip_punct, cfg.nfkc)
     sh = shingle_hashes(norm, cfg.shingle, cfg.ngram)
@@ -174,10 +249,24 @@ def sketch_unit(unit: Unit, plan: Plan) -> dict[str, int]:
     return {"docs": unit.rows, "empty": int((~has).sum()), "shingles": int(counts.sum())}
 
 
-def bucket_pairs(members: pa.ListArray) -> np.ndarray:
-    """Candidate pairs (i < j), as an (n, 2) int64 array, from the member lists of buckets with 2+ docs."""
-    sizes = pc.list_value_length(members).to_numpy()
-    flat = pc.list_flatten(members).to_numpy()
+def bucket_members(keys: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group docs by band key with one sort: the docs of every bucket holding 2+ docs, bucket after bucket,
+    and each such bucket's size. About 35 bytes per key at the peak (a hash group-by with list aggregation
+    takes several times that)."""
+    order = np.argsort(keys)
+    keys = keys[order]
+    same = keys[1:] == keys[:-1]
+    shared = np.zeros(len(keys), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    members, keys = docs[order[shared]], keys[shared]
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    return members, np.diff(np.concatenate([starts, [len(keys)]]))
+
+
+def bucket_pairs(flat: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Candidate pairs (i < j), as an (n, 2) int64 array, from buckets of 2+ docs given as concatenated
+    members ``flat`` and bucket ``sizes``."""
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     out = []
     for size in np.unique(sizes):
@@ -204,11 +293,11 @@ def bucket_partition(partition: int, plan: Plan, group_starts: np.ndarray, split
     table = pa.concat_tables([pq.read_table(p) for p in paths]) if paths else None
     if table is None or table.num_rows == 0:
         return 0
-    grouped = table.group_by("key", use_threads=False).aggregate([("idx", "list")])
-    members = grouped.column("idx_list").combine_chunks()
-    members = members.filter(pc.greater(pc.list_value_length(members), 1))
-    del table, grouped
-    pairs = bucket_pairs(members)
+    keys, docs = table.column("key").to_numpy(), table.column("idx").to_numpy()
+    del table
+    members, sizes = bucket_members(keys, docs)
+    del keys, docs
+    pairs = bucket_pairs(members, sizes)
     if not len(pairs):
         return 0
     pairs = sorted_unique(pairs[:, 0] * np.int64(1 << 32) + pairs[:, 1])  # the same pair shows up in many bands
@@ -258,7 +347,17 @@ def _load_signatures(plan: Plan, units: list[Unit], docs: np.ndarray) -> np.ndar
     return np.concatenate(parts) if parts else np.zeros((0, plan.bands * plan.rows), np.uint32)
 
 
-def verify_block(item: tuple[str, str], plan: Plan, units: list[Unit], chunk: int = 200_000) -> dict[str, int]:
+# Bytes the exact-Jaccard check of one pair takes per shingle of each side (tagged uint64 sets and their sorts).
+_VERIFY_BYTES_PER_SHINGLE = 2 * 64
+
+
+def verify_chunk(plan: Plan, mean_shingles: float) -> int:
+    """Pairs checked at once: half the memory budget (the loaded shingles take the other half)."""
+    per_pair = _VERIFY_BYTES_PER_SHINGLE * max(mean_shingles, 1.0)
+    return max(256, int(plan.cfg.memory_mb * 2**20 // 2 // per_pair))
+
+
+def verify_block(item: tuple[str, str], plan: Plan, units: list[Unit]) -> dict[str, int]:
     """Check each candidate pair of one (block, split); keep those with Jaccard >= threshold as edges."""
     root = plan.root
     block, split = item
@@ -266,8 +365,10 @@ def verify_block(item: tuple[str, str], plan: Plan, units: list[Unit], chunk: in
     pairs = pa.concat_tables([pq.read_table(p) for p in paths])
     left, right = pairs.column("i").to_numpy(), pairs.column("j").to_numpy()
     docs = sorted_unique(np.concatenate([left, right]))
+    chunk = len(left) or 1
     if plan.cfg.verify == "jaccard":
         sh, order = _load_shingles(plan, units, docs)
+        chunk = verify_chunk(plan, len(sh.hashes) / max(len(docs), 1))
     elif plan.cfg.verify == "signature":
         sig = _load_signatures(plan, units, docs)
     keep_l, keep_r, keep_j = [], [], []

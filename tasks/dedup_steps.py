@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -29,6 +31,7 @@ from tasks.dedup_cluster import (
     exact_decisions,
     read_decisions,
     union_find,
+    write_decisions,
 )
 from tasks.dedup_lsh import (
     Mapper,
@@ -37,9 +40,10 @@ from tasks.dedup_lsh import (
     bucket_partition,
     group_units,
     make_plan,
+    plan_spans,
     plan_units,
     prepare_workdir,
-    read_unit,
+    run_span,
     serial_map,
     sketch_unit,
     unit_ids,
@@ -58,6 +62,19 @@ MAP_SCHEMA = pa.schema([("id", pa.string()), ("cluster_id", pa.string()), ("is_d
                         ("kept", pa.bool_()), ("cluster_size", pa.int64())])
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+_log = logging.getLogger(__name__)
+
+
+class _Steps:
+    """Logs the time of each step at DEBUG: where a long run spends its time, without a profiler."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def done(self, step: str, **counts: int) -> None:
+        now = time.perf_counter()
+        _log.debug("dedup step %s: %.1fs %s", step, now - self.last, counts)
+        self.last = now
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -87,17 +104,28 @@ def process_map(workers: int) -> Mapper:
 
 # ---------------------------------------------------------------------------------------------- near dedup
 
+def map_units(mapper: Mapper, step: Callable[..., Any], units: list[Unit], workers: int,
+              columns: list[str] | None = None, **kwargs: Any) -> list:
+    """Map a per-unit step over the units, as spans (see plan_spans); one result per unit, in order."""
+    spans = plan_spans(units, workers)
+    return [r for rs in mapper(functools.partial(run_span, step=step, columns=columns, **kwargs), spans) for r in rs]
+
+
 def near_decisions(units: list[Unit], plan: Plan, mapper: Mapper, splits: int = 1) -> tuple[Path, dict]:
     """Steps 1-4 of near dedup over the units; writes ``work/decisions.parquet`` and returns it with stats."""
     root = plan.root
-    sketch = mapper(functools.partial(sketch_unit, plan=plan), units)
+    steps = _Steps()
+    sketch = map_units(mapper, sketch_unit, units, plan.cfg.workers, plan=plan)
+    steps.done("sketch", units=len(units))
     groups = group_units(plan, units)
     group_starts = np.array([g[0].start for g in groups], dtype=np.int64)
     candidates = sum(mapper(functools.partial(bucket_partition, plan=plan, group_starts=group_starts,
                                               splits=splits), list(range(plan.partitions))))
+    steps.done("bucket", partitions=plan.partitions, candidates=int(candidates))
     items = sorted({(d.name, p.stem.split("-s")[-1]) for d in (root / "pairs").iterdir()
                     for p in d.glob("*.parquet")})
     verified = mapper(functools.partial(verify_block, plan=plan, units=units), items)
+    steps.done("verify", blocks=len(items))
     edges = [p for p in sorted((root / "edges").glob("*.parquet"))]
     edge_table = pa.concat_tables([pq.read_table(p) for p in edges]) if edges else None
     stats = {"docs": sum(s["docs"] for s in sketch), "empty_docs": sum(s["empty"] for s in sketch),
@@ -106,7 +134,7 @@ def near_decisions(units: list[Unit], plan: Plan, mapper: Mapper, splits: int = 
              "edges": sum(v["edges"] for v in verified)}
     out = root / "decisions.parquet"
     if edge_table is None or edge_table.num_rows == 0:
-        pq.write_table(DECISION_SCHEMA.empty_table(), out)
+        write_decisions(DECISION_SCHEMA.empty_table(), out)
         return out, stats
     nodes, roots = union_find(edge_table.column("i").to_numpy(), edge_table.column("j").to_numpy())
     metas = []
@@ -116,15 +144,15 @@ def near_decisions(units: list[Unit], plan: Plan, mapper: Mapper, splits: int = 
             meta = pq.read_table(root / "meta" / f"u{unit.index:06d}.parquet",
                                  columns=["idx", "id", "score", "length"])
             metas.append(meta.take(pa.array(nodes[sel] - unit.start)).append_column("root", pa.array(roots[sel])))
-    pq.write_table(decide(pa.concat_tables(metas), plan.cfg.keep), out)
+    write_decisions(decide(pa.concat_tables(metas), plan.cfg.keep), out)
+    steps.done("cluster", edges=stats["edges"])
     return out, stats
 
 
 # ---------------------------------------------------------------------------------------------- exact dedup
 
-def exact_unit(unit: Unit, plan: Plan) -> int:
+def exact_unit(unit: Unit, table: pa.Table, plan: Plan) -> int:
     """Content keys of one unit, partitioned by key so each partition groups alone."""
-    table = read_unit(unit)
     texts = unit_texts(table, plan)
     keys = exact_keys(normalize(texts, plan.cfg.lowercase, plan.cfg.strip_punct, plan.cfg.nfkc))
     part = (keys[:, 1] % np.uint64(plan.partitions)).astype(np.int64)
@@ -144,20 +172,20 @@ def exact_partition(partition: int, plan: Plan) -> pa.Table:
 
 
 def exact_decisions_all(units: list[Unit], plan: Plan, mapper: Mapper) -> tuple[Path, dict]:
-    mapper(functools.partial(exact_unit, plan=plan), units)
+    map_units(mapper, exact_unit, units, plan.cfg.workers, plan=plan)
     parts = mapper(functools.partial(exact_partition, plan=plan), list(range(plan.partitions)))
     out = plan.root / "decisions.parquet"
-    pq.write_table(pa.concat_tables(parts).sort_by("idx"), out)
+    write_decisions(pa.concat_tables(parts).sort_by("idx"), out)
     return out, {"docs": sum(u.rows for u in units), "partitions": plan.partitions}
 
 
 # ---------------------------------------------------------------------------------------------- outputs
 
-def write_unit(unit: Unit, plan: Plan, decisions: str, out: str, stage: str | None) -> dict[str, int]:
+def write_unit(unit: Unit, table: pa.Table, plan: Plan, decisions: str, out: str,
+               stage: str | None) -> dict[str, int]:
     """Apply the decisions to one unit: map part always; kept rows and rejects when ``stage`` is given."""
     out_dir = Path(out)
     dec = read_decisions(Path(decisions), unit.start, unit.start + unit.rows)
-    table = read_unit(unit) if stage else read_unit(unit, [plan.id_field] if plan.id_field else [])
     ids = unit_ids(table, unit, plan)
     pos = dec.column("idx").to_numpy() - unit.start
     cluster = np.array(ids.to_pylist(), dtype=object)
@@ -220,9 +248,13 @@ def dedup_dir(inputs: Path | list[Path], cfg: DedupConfig, out: Path, stage: str
         decisions, stats = near_decisions(units, plan, mapper, splits=max(cfg.workers, 1))
     else:
         decisions, stats = exact_decisions_all(units, plan, mapper)
-    results = mapper(functools.partial(write_unit, plan=plan, decisions=str(decisions), out=str(out), stage=stage),
-                     units)
+    steps = _Steps()
+    columns = None if stage else [plan.id_field] if plan.id_field else []  # the map needs only the ids
+    results = map_units(mapper, write_unit, units, cfg.workers, columns, plan=plan, decisions=str(decisions),
+                        out=str(out), stage=stage)
+    steps.done("write", units=len(units))
     merge_map(out, map_path or out / "dedup_map.parquet")
+    steps.done("merge map")
     dec = pq.read_table(decisions)
     stats.update(in_rows=n_docs, dropped=sum(r["dropped"] for r in results),
                  clusters=int(pc.sum(pc.invert(dec.column("is_duplicate"))).as_py() or 0),
@@ -231,5 +263,6 @@ def dedup_dir(inputs: Path | list[Path], cfg: DedupConfig, out: Path, stage: str
         from tasks.dedup_report import write_report  # matplotlib loads only when a report is written
 
         stats["report"] = write_report(out, dec, units, plan, stats, kind)
+        steps.done("report")
     shutil.rmtree(work, ignore_errors=True)
     return stats

@@ -138,6 +138,45 @@ def test_out_of_core_paths_and_workers_give_the_same_map(planted, tmp_path, monk
     assert ledger.to_dict()["dropped"] == {"near_duplicate": 10}
 
 
+def test_large_row_groups_are_sliced_into_units_and_give_the_same_map(planted, tmp_path):
+    """A file written with one big row group (pyarrow's default holds a million rows) is cut into units of
+    at most unit_rows, read by streaming; the map is the one of small shards."""
+    in_dir, _, n = planted
+    near_dedup(in_dir, DedupConfig(unit_rows=100), tmp_path / "ref")
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    pq.write_table(read_table(in_dir), whole / "part-00000.parquet", row_group_size=n)
+    units = dedup_lsh.plan_units([whole / "part-00000.parquet"], 7)
+    assert max(u.rows for u in units) <= 7 and sum(u.rows for u in units) == n and units[1].sliced
+    spans = dedup_lsh.plan_spans(units, workers=2)
+    assert len(spans) == 4 and [u for s in spans for u in s] == units  # slices of one group stay together
+    for workers in (1, 2):  # unit_rows below the config's floor of 100, to cut this small file (no validation)
+        cfg = DedupConfig(workers=workers).model_copy(update={"unit_rows": 7})
+        near_dedup(whole, cfg, tmp_path / f"sliced{workers}")
+        assert pq.read_table(tmp_path / f"sliced{workers}" / "dedup_map.parquet").equals(
+            pq.read_table(tmp_path / "ref" / "dedup_map.parquet"))
+
+
+def test_slices_read_back_the_rows_of_their_range(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": np.arange(1000)}), path, row_group_size=1000)
+    units = dedup_lsh.plan_units([path], 300)
+    assert [(u.offset, u.rows) for u in units] == [(0, 300), (300, 300), (600, 300), (900, 100)]
+    streamed = [t.column("x").to_pylist() for _, t in dedup_lsh.iter_unit_tables(units)]
+    assert streamed == [list(range(u.offset, u.offset + u.rows)) for u in units]
+    assert dedup_lsh.read_unit(units[2]).column("x").to_pylist() == list(range(600, 900))  # alone: skips
+
+
+def test_bucket_members_groups_like_a_group_by():
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 400, 2000).astype(np.uint64)
+    docs = np.arange(2000, dtype=np.int64)
+    members, sizes = dedup_lsh.bucket_members(keys, docs)
+    got = sorted(tuple(sorted(g)) for g in np.split(members, np.cumsum(sizes)[:-1]))
+    want = sorted(tuple(sorted(docs[keys == k])) for k in np.unique(keys) if (keys == k).sum() > 1)
+    assert got == want and sizes.min() >= 2
+
+
 def test_verify_matters_raw_lsh_is_the_peers_behaviour(tmp_path):
     rng = np.random.default_rng(3)
     w = words(rng, 200)
