@@ -40,9 +40,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--verify", choices=["jaccard", "signature", "none"], default="jaccard",
                    help="check candidates by exact Jaccard (default), the signature estimate, or not at all")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("--runner", choices=["local", "processes", "ray"], default="local",
-                   help="local: a plain process pool (fastest start); processes: Prefect's process-pool "
-                        "task runner; ray: Prefect on Ray (prefect-ray)")
+    p.add_argument("--runner", choices=["auto", "local", "processes", "ray"], default="auto",
+                   help="processes: a Prefect flow on Prefect's process-pool task runner; ray: Prefect on Ray "
+                        "(prefect-ray); local: a plain process pool, no Prefect; auto (default): processes "
+                        "when PREFECT_API_URL names a server, else local (a temporary server would cost "
+                        "seconds of start-up and keep no record)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
     p.add_argument("--report", default=None, metavar="DIR", help="also write report.md and cluster_sizes.png here")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -155,6 +157,32 @@ def check_parquet(path: Path, text_field: str, id_field: str | None) -> None:
             raise InputError(f"{path}: no column {field!r} (columns: {', '.join(names)})")
 
 
+def configured_api_url() -> str | None:
+    """PREFECT_API_URL from the environment or the active Prefect profile (what ``prefect config set`` writes),
+    read without importing Prefect, which alone takes seconds."""
+    import os
+
+    import toml  # a dependency of Prefect's; tomllib needs Python 3.11
+
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    try:
+        profiles = toml.loads((home / "profiles.toml").read_text())
+    except (OSError, toml.TomlDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
+
+
+def resolve_runner(runner: str) -> str:
+    """``auto``: Prefect's process pool when a Prefect server is configured, so the shard-level tasks show in its
+    UI; otherwise the plain pool, since a temporary server would be started only to be thrown away."""
+    if runner != "auto":
+        return runner
+    return "processes" if configured_api_url() else "local"
+
+
 def run(args: argparse.Namespace) -> int:
     """The ``dedup`` command; returns the exit status (2 for bad input or options)."""
     import os
@@ -191,12 +219,13 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         report_dir = Path(args.report) if args.report else scratch / "report"
         kwargs = dict(cfg=cfg, text_field=args.text_field, id_field=args.id_field, report=bool(args.report))
-        if args.runner == "local":
+        runner = resolve_runner(args.runner)
+        if runner == "local":
             from tasks.dedup_steps import dedup_dir
             stats = dedup_dir(parquet, out=report_dir, stage=None, kind="near", map_path=out, **kwargs)
         else:
             from flows.dedup import run_dedup_flow
-            stats = run_dedup_flow(args.runner, cfg.workers, args.ray_address, inputs=[str(p) for p in parquet],
+            stats = run_dedup_flow(runner, cfg.workers, args.ray_address, inputs=[str(p) for p in parquet],
                                    out=str(report_dir), map_path=str(out), **kwargs)
     except InputError as exc:
         print(f"peftpipe dedup: {exc}", file=sys.stderr)

@@ -104,3 +104,19 @@ def test_ray_runner_on_a_local_ray_cluster(tmp_path):
                      str(tmp_path / "ray.parquet"), "--runner", "ray", "--workers", "2",
                      "--set", "unit_rows=100"]) == 0
     assert {i for i, r in read_map(tmp_path / "ray.parquet").items() if r["is_duplicate"]} == dups
+
+
+def test_auto_runner_uses_prefect_when_a_server_is_configured(tmp_path, monkeypatch):
+    from flows.cli_dedup import resolve_runner
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    assert resolve_runner("auto") == "local"  # no profile file at all
+    (tmp_path / "profiles.toml").write_text(
+        'active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n[profiles.solo]\n')
+    assert resolve_runner("auto") == "processes"
+    monkeypatch.setenv("PREFECT_PROFILE", "solo")
+    assert resolve_runner("auto") == "local"
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert resolve_runner("auto") == "processes" and resolve_runner("local") == "local"
