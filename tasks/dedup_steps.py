@@ -226,6 +226,14 @@ def merge_map(out: Path, target: Path) -> int:
     return rows
 
 
+def unit_rows_for(paths: list[Path], cfg: DedupConfig) -> int:
+    """``unit_rows``, or fewer on a small input, so that every worker gets a few units to balance."""
+    if cfg.workers <= 1:
+        return cfg.unit_rows
+    total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    return max(100, min(cfg.unit_rows, -(-total // (4 * cfg.workers))))
+
+
 def dedup_dir(inputs: Path | list[Path], cfg: DedupConfig, out: Path, stage: str | None, kind: str,
               text_field: str | None = None, id_field: str | None = "id", mapper: Mapper | None = None,
               map_path: Path | None = None, report: bool = True) -> dict[str, Any]:
@@ -239,7 +247,7 @@ def dedup_dir(inputs: Path | list[Path], cfg: DedupConfig, out: Path, stage: str
     (out / "map_parts").mkdir(exist_ok=True)
     mapper = mapper or process_map(cfg.workers)
     paths = shard_paths(inputs) if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
-    units = plan_units(paths, cfg.unit_rows)
+    units = plan_units(paths, unit_rows_for(paths, cfg))
     n_docs = sum(u.rows for u in units)
     work = out / "_work"
     plan = make_plan(cfg, work, n_docs, text_field, id_field)
