@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.dedup import DedupConfig
-from tasks.dedup_text import Shingles, compared_text, normalize, shingle_hashes, sorted_unique
+from tasks.dedup_text import Shingles, compared_text, fmix64, normalize, shingle_hashes, sorted_unique
 from tasks.minhash import (
     band_keys,
     choose_bands_rows,
@@ -303,7 +303,9 @@ def bucket_partition(partition: int, plan: Plan, group_starts: np.ndarray, split
     pairs = sorted_unique(pairs[:, 0] * np.int64(1 << 32) + pairs[:, 1])  # the same pair shows up in many bands
     left, right = pairs >> 32, pairs & 0xFFFFFFFF
     gl, gr = np.searchsorted(group_starts, left, "right") - 1, np.searchsorted(group_starts, right, "right") - 1
-    split = (np.arange(len(pairs)) % splits) if splits > 1 else np.zeros(len(pairs), np.int64)
+    # the split follows the pair, so a pair found in several partitions lands in one verify item, checked once
+    split = (fmix64(pairs.astype(np.uint64)) % np.uint64(splits)).astype(np.int64) if splits > 1 else \
+        np.zeros(len(pairs), np.int64)
     for a, b, s in set(zip(gl.tolist(), gr.tolist(), split.tolist(), strict=True)):
         sel = (gl == a) & (gr == b) & (split == s)
         out = root / "pairs" / f"g{a:04d}-{b:04d}"
@@ -363,7 +365,9 @@ def verify_block(item: tuple[str, str], plan: Plan, units: list[Unit]) -> dict[s
     block, split = item
     paths = sorted((root / "pairs" / block).glob(f"*-s{split}.parquet"))
     pairs = pa.concat_tables([pq.read_table(p) for p in paths])
-    left, right = pairs.column("i").to_numpy(), pairs.column("j").to_numpy()
+    # distinct pairs: one pair shares keys in several bands, and the bands may sit in different partitions
+    key = sorted_unique(pairs.column("i").to_numpy() * np.int64(1 << 32) + pairs.column("j").to_numpy())
+    left, right = key >> 32, key & 0xFFFFFFFF
     docs = sorted_unique(np.concatenate([left, right]))
     chunk = len(left) or 1
     if plan.cfg.verify == "jaccard":

@@ -119,9 +119,9 @@ def near_decisions(units: list[Unit], plan: Plan, mapper: Mapper, splits: int = 
     steps.done("sketch", units=len(units))
     groups = group_units(plan, units)
     group_starts = np.array([g[0].start for g in groups], dtype=np.int64)
-    candidates = sum(mapper(functools.partial(bucket_partition, plan=plan, group_starts=group_starts,
+    found = sum(mapper(functools.partial(bucket_partition, plan=plan, group_starts=group_starts,
                                               splits=splits), list(range(plan.partitions))))
-    steps.done("bucket", partitions=plan.partitions, candidates=int(candidates))
+    steps.done("bucket", partitions=plan.partitions, pairs_per_partition=int(found))
     items = sorted({(d.name, p.stem.split("-s")[-1]) for d in (root / "pairs").iterdir()
                     for p in d.glob("*.parquet")})
     verified = mapper(functools.partial(verify_block, plan=plan, units=units), items)
@@ -130,7 +130,7 @@ def near_decisions(units: list[Unit], plan: Plan, mapper: Mapper, splits: int = 
     edge_table = pa.concat_tables([pq.read_table(p) for p in edges]) if edges else None
     stats = {"docs": sum(s["docs"] for s in sketch), "empty_docs": sum(s["empty"] for s in sketch),
              "bands": plan.bands, "rows": plan.rows, "partitions": plan.partitions, "verify_blocks": len(items),
-             "candidate_pairs": int(candidates), "checked_pairs": sum(v["candidates"] for v in verified),
+             "candidate_pairs": sum(v["candidates"] for v in verified),
              "edges": sum(v["edges"] for v in verified)}
     out = root / "decisions.parquet"
     if edge_table is None or edge_table.num_rows == 0:
