@@ -2,7 +2,7 @@
 
 1. ``sketch_unit``: per unit of input rows, shingle hashes and MinHash signatures; writes the LSH band keys,
    partitioned by key, the raw shingle hashes (for exact Jaccard) and a small meta table, all to disk.
-2. ``bucket_partition``: per key partition, a pyarrow group-by on the band key; docs sharing a key become
+2. ``bucket_partition``: per key partition, one numpy sort of the band keys; docs sharing a key become
    candidate pairs, written per verify block.
 3. ``verify_block``: per block of units, the exact Jaccard of each candidate pair; pairs at or above the
    threshold become edges.
@@ -172,7 +172,7 @@ def make_plan(cfg: DedupConfig, work: Path, n_docs: int, text_field: str | None 
               id_field: str | None = "id") -> Plan:
     bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else \
         choose_bands_rows(cfg.threshold, cfg.num_perm, cfg.target_recall)
-    # pyarrow's hash group-by needs a few times the raw key bytes; keep one partition within the budget.
+    # grouping one partition takes ~35 bytes per (doc, band) key at its peak; keep it within the budget.
     partitions = cfg.partitions or max(1, math.ceil(n_docs * bands * _KEY_BYTES * 4 / (cfg.memory_mb * 2**20)))
     a, b = permutations(cfg.num_perm, cfg.seed)
     return Plan(cfg, str(work), bands, rows, partitions, (a[:bands * rows], b[:bands * rows]), text_field,
@@ -241,11 +241,11 @@ def sketch_unit(unit: Unit, table: pa.Table, plan: Plan) -> dict[str, int]:
     doc = np.repeat(idx[has], plan.bands)
     part = (keys % np.uint64(plan.partitions)).astype(np.int64)
     order = np.argsort(part, kind="stable")
-    bounds = np.searchsorted(part[order], np.arange(plan.partitions + 1))
-    for p in range(plan.partitions):
-        sel = order[bounds[p]:bounds[p + 1]]
-        pq.write_table(pa.table({"key": keys[sel], "idx": doc[sel]}),
-                       root / "bands" / f"p{p:04d}" / f"u{unit.index:06d}.parquet")
+    # One file of (key, doc) rows ordered by partition plus the partition bounds: two files per unit whatever
+    # the number of partitions (a file per unit and partition grows with the square of the corpus).
+    stem = root / "bands" / f"u{unit.index:06d}"
+    np.save(f"{stem}.keys.npy", np.stack([keys[order], doc[order].astype(np.uint64)], axis=1))
+    np.save(f"{stem}.bounds.npy", np.searchsorted(part[order], np.arange(plan.partitions + 1)))
     return {"docs": unit.rows, "empty": int((~has).sum()), "shingles": int(counts.sum())}
 
 
@@ -289,12 +289,17 @@ def bucket_pairs(flat: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 def bucket_partition(partition: int, plan: Plan, group_starts: np.ndarray, splits: int = 1) -> int:
     """Group one partition's band keys; write its distinct candidate pairs split by verify block."""
     root = plan.root
-    paths = sorted((root / "bands" / f"p{partition:04d}").glob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(p) for p in paths]) if paths else None
-    if table is None or table.num_rows == 0:
+    parts = []
+    for stem in sorted(p.name[:-len(".keys.npy")] for p in (root / "bands").glob("u*.keys.npy")):
+        lo, hi = np.load(root / "bands" / f"{stem}.bounds.npy")[partition:partition + 2]
+        if hi > lo:
+            parts.append(np.array(np.load(root / "bands" / f"{stem}.keys.npy", mmap_mode="r")[lo:hi]))
+    if not parts:
         return 0
-    keys, docs = table.column("key").to_numpy(), table.column("idx").to_numpy()
-    del table
+    rows = np.concatenate(parts)
+    del parts
+    keys, docs = rows[:, 0].copy(), rows[:, 1].astype(np.int64)
+    del rows
     members, sizes = bucket_members(keys, docs)
     del keys, docs
     pairs = bucket_pairs(members, sizes)
