@@ -8,8 +8,10 @@ Heavy imports wait until the command runs, so ``peftpipe --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -160,8 +162,6 @@ def check_parquet(path: Path, text_field: str, id_field: str | None) -> None:
 def configured_api_url() -> str | None:
     """PREFECT_API_URL from the environment or the active Prefect profile (what ``prefect config set`` writes),
     read without importing Prefect, which alone takes seconds."""
-    import os
-
     import toml  # a dependency of Prefect's; tomllib needs Python 3.11
 
     if os.environ.get("PREFECT_API_URL"):
@@ -184,9 +184,7 @@ def resolve_runner(runner: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``dedup`` command; returns the exit status (2 for bad input or options)."""
-    import os
-
+    """The ``dedup`` command; returns the exit status (2 for bad input or options, 4 for a full disk)."""
     from pydantic import ValidationError
 
     from schemas.dedup import DedupConfig
@@ -230,6 +228,12 @@ def run(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"peftpipe dedup: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"peftpipe dedup: {exc.strerror or exc}. Point TMPDIR (or --report DIR, which also holds the work "
+              "files) at a disk with more room; nothing was written to --out.", file=sys.stderr)
+        return 4
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.perf_counter() - started

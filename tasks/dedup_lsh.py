@@ -14,6 +14,7 @@ follows the configuration, not the corpus.
 """
 from __future__ import annotations
 
+import errno
 import math
 import shutil
 from collections.abc import Callable, Iterator
@@ -416,6 +417,27 @@ def group_units(plan: Plan, units: list[Unit]) -> list[list[Unit]]:
         groups[-1].append(unit)
         used += size
     return groups
+
+
+# Shingle-hash bytes per byte of input text: a 4-byte hash per word (~6 bytes with its space), or per character.
+_SHINGLE_BYTES_PER_TEXT_BYTE = {"word": 0.7, "char": 4.0}
+
+
+def work_bytes(plan: Plan, paths: list[Path], n_docs: int) -> int:
+    """Disk the work directory takes at its fullest (band keys, shingle hashes, meta), estimated from the
+    inputs' Parquet metadata: uncompressed bytes of all columns stand in for the compared text."""
+    text = sum(pq.ParquetFile(p).metadata.row_group(g).total_byte_size
+               for p in paths for g in range(pq.ParquetFile(p).metadata.num_row_groups))
+    return int(n_docs * (plan.bands * _KEY_BYTES + 64) + text * _SHINGLE_BYTES_PER_TEXT_BYTE[plan.cfg.shingle])
+
+
+def check_work_space(work: Path, need: int) -> None:
+    """Fail before any work, not hours in, when the work directory's disk cannot hold the estimate."""
+    work.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work.parent).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"near dedup needs about {need / 2**20:,.0f} MiB of work space in {work.parent} "
+                                    f"and {free / 2**20:,.0f} MiB are free")
 
 
 def prepare_workdir(work: Path, partitions: int) -> None:

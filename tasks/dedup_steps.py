@@ -38,6 +38,7 @@ from tasks.dedup_lsh import (
     Plan,
     Unit,
     bucket_partition,
+    check_work_space,
     group_units,
     make_plan,
     plan_spans,
@@ -50,6 +51,7 @@ from tasks.dedup_lsh import (
     unit_scores,
     unit_texts,
     verify_block,
+    work_bytes,
 )
 from tasks.dedup_text import exact_keys, normalize
 from tasks.stage import ShardWriter, shard_paths, with_reject_columns
@@ -215,11 +217,16 @@ def merge_map(out: Path, target: Path) -> int:
     """Concatenate the per-unit map parts, in input order, into one Parquet file."""
     parts = sorted((out / "map_parts").glob("*.parquet"))
     rows = 0
-    with pq.ParquetWriter(target, MAP_SCHEMA) as writer:
-        for part in parts:
-            table = pq.read_table(part)
-            writer.write_table(table)
-            rows += table.num_rows
+    partial = target.with_name(f".{target.name}.partial")  # the map appears whole or not at all
+    try:
+        with pq.ParquetWriter(partial, MAP_SCHEMA) as writer:
+            for part in parts:
+                table = pq.read_table(part)
+                writer.write_table(table)
+                rows += table.num_rows
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
     for part in parts:
         part.unlink()
     (out / "map_parts").rmdir()
@@ -251,6 +258,8 @@ def dedup_dir(inputs: Path | list[Path], cfg: DedupConfig, out: Path, stage: str
     n_docs = sum(u.rows for u in units)
     work = out / "_work"
     plan = make_plan(cfg, work, n_docs, text_field, id_field)
+    if kind == "near":
+        check_work_space(work, work_bytes(plan, paths, n_docs))
     prepare_workdir(work, plan.partitions)
     if kind == "near":
         decisions, stats = near_decisions(units, plan, mapper, splits=max(cfg.workers, 1))

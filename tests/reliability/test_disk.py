@@ -80,3 +80,27 @@ def test_disk_full_mid_curation_then_rerun_with_room(tmp_path, tmpfs, concurrent
     for stage in done:  # outputs finished before the disk filled were reused, not recomputed
         assert ours[stage] == done[stage]
     assert file_digests(ours["split"]) == file_digests(clean["split"])
+
+
+def test_dedup_without_room_for_its_work_files_exits_4_before_any_work(tmp_path, tmpfs, monkeypatch, capsys):
+    """`peftpipe dedup` estimates its work space from the Parquet metadata and stops at once when the disk of
+    its work directory (TMPDIR) cannot hold it, instead of failing hours in; --out is left untouched."""
+    import tempfile
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.cli import main
+
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(5000)])
+    texts = [" ".join(rng.choice(words, 200)) for _ in range(3000)]  # ~3.5 MB of text against a 1 MB disk
+    pq.write_table(pa.table({"id": [str(i) for i in range(3000)], "text": texts}), tmp_path / "in.parquet")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpfs))
+    out = tmp_path / "map.parquet"
+    assert main(["dedup", str(tmp_path / "in.parquet"), "--text-field", "text", "--id-field", "id",
+                 "--out", str(out), "--workers", "1"]) == 4
+    err = capsys.readouterr().err
+    assert "work space" in err and "MiB are free" in err and "TMPDIR" in err
+    assert not out.exists() and not list(tmpfs.iterdir())  # no work files, no map
