@@ -80,10 +80,17 @@ class Stack:
             raise servers.ServerError(f"no flow run id in:\n{out}")
         return match.group(1)
 
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One call to the Prefect REST API (plain HTTP: no client settings to juggle in the caller)."""
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None, attempts: int = 5) -> Any:
+        """One call to the Prefect REST API (plain HTTP: no client settings to juggle in the caller).
+
+        Retries 429/502/503 with backoff, as Prefect's own client does: a busy server answers 503 when its
+        database is locked for a moment (seen once on a loaded CI box, on a DELETE)."""
         import httpx
-        resp = httpx.request(method, f"{self.api_url}{path}", json=body, timeout=30)
+        for attempt in range(attempts):
+            resp = httpx.request(method, f"{self.api_url}{path}", json=body, timeout=30)
+            if resp.status_code not in (429, 502, 503) or attempt == attempts - 1:
+                break
+            time.sleep(2 ** attempt)
         resp.raise_for_status()
         return resp.json() if resp.content else None
 
