@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.dedup import DedupConfig
-from schemas.record import REJECT_SCHEMA
+from schemas.record import RECORD_SCHEMA, REJECT_SCHEMA
 from tasks.dedup_cluster import (
     DECISION_SCHEMA,
     cluster_sizes,
@@ -261,7 +261,14 @@ def dedup_dir(inputs: Path | list[Path], cfg: DedupConfig, out: Path, stage: str
     if kind == "near":
         check_work_space(work, work_bytes(plan, paths, n_docs))
     prepare_workdir(work, plan.partitions)
-    if kind == "near":
+    if not units:  # no rows at all (everything upstream quarantined or filtered): empty outputs, not a crash
+        decisions = work / "decisions.parquet"
+        stats = {"docs": 0, **({"bands": plan.bands, "rows": plan.rows} if kind == "near" else {})}
+        write_decisions(DECISION_SCHEMA.empty_table(), decisions)
+        if stage:
+            ShardWriter(out / "data", pq.read_schema(paths[0]) if paths else RECORD_SCHEMA).close()
+            ShardWriter(out / "rejects", DEDUP_REJECT_SCHEMA).close()
+    elif kind == "near":
         decisions, stats = near_decisions(units, plan, mapper, splits=max(cfg.workers, 1))
     else:
         decisions, stats = exact_decisions_all(units, plan, mapper)

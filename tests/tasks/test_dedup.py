@@ -204,3 +204,13 @@ def test_tasks_run_through_run_stage_and_reuse_output(planted, tmp_path):
     assert near_dedup_task.fn(exact, cfg).path == near.path  # same inputs and config: reused
     cfg.dedup.threshold = 0.7
     assert near_dedup_task.fn(exact, cfg).key != near.key
+
+
+@pytest.mark.parametrize("stage", [exact_dedup, near_dedup])
+def test_an_empty_input_gives_an_empty_map_and_a_balanced_ledger(stage, tmp_path):
+    in_dir = write(tmp_path, [])
+    ledger = stage(in_dir, DedupConfig(), tmp_path / "out")
+    ledger.check()
+    assert ledger.n_in == ledger.kept == 0
+    assert pq.read_table(tmp_path / "out" / "dedup_map.parquet").num_rows == 0
+    assert read_table(tmp_path / "out" / "data").num_rows == 0
