@@ -8,7 +8,6 @@ Heavy imports wait until the command runs, so ``peftpipe --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import errno
 import glob
 import json
 import os
@@ -229,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"peftpipe dedup: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        from tasks.recovery import is_disk_full
+        if not is_disk_full(exc):
             raise
         print(f"peftpipe dedup: {exc.strerror or exc}. Point TMPDIR (or --report DIR, which also holds the work "
               "files) at a disk with more room; nothing was written to --out.", file=sys.stderr)

@@ -260,6 +260,12 @@ def _inside(path: Any, root: str | Path) -> bool:
     return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(root)))
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """A write failed for lack of space: ENOSPC/EDQUOT, or pyarrow's errno-less short write."""
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+        isinstance(exc, OSError) and _SHORT_WRITE.search(str(exc)) is not None)
+
+
 def describe_storage_error(exc: BaseException, workdir: str | Path) -> str | None:
     """A clear message for a write that failed because the workdir's disk is full, read-only or not ours;
     None for any other error. pyarrow reports a full disk as 'N requested and M written', without an errno."""
@@ -268,9 +274,7 @@ def describe_storage_error(exc: BaseException, workdir: str | Path) -> str | Non
         free_mb = shutil.disk_usage(workdir).free / 2**20
     except OSError:
         free_mb = None
-    full = err in (errno.ENOSPC, errno.EDQUOT) or (
-        isinstance(exc, OSError) and _SHORT_WRITE.search(str(exc)) is not None)
-    if full:
+    if is_disk_full(exc):
         room = f" ({free_mb:.1f} MiB free)" if free_mb is not None else ""
         problem = f"No space left on device{room}"
     elif err in (errno.EROFS, errno.EACCES, errno.EPERM) and _inside(getattr(exc, "filename", None), workdir):
