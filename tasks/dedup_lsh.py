@@ -426,8 +426,10 @@ _SHINGLE_BYTES_PER_TEXT_BYTE = {"word": 0.7, "char": 4.0}
 def work_bytes(plan: Plan, paths: list[Path], n_docs: int) -> int:
     """Disk the work directory takes at its fullest (band keys, shingle hashes, meta), estimated from the
     inputs' Parquet metadata: uncompressed bytes of all columns stand in for the compared text."""
-    text = sum(pq.ParquetFile(p).metadata.row_group(g).total_byte_size
-               for p in paths for g in range(pq.ParquetFile(p).metadata.num_row_groups))
+    text = 0
+    for path in paths:  # one footer read per file
+        meta = pq.ParquetFile(path).metadata
+        text += sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
     return int(n_docs * (plan.bands * _KEY_BYTES + 64) + text * _SHINGLE_BYTES_PER_TEXT_BYTE[plan.cfg.shingle])
 
 

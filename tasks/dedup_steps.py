@@ -113,7 +113,7 @@ def map_units(mapper: Mapper, step: Callable[..., Any], units: list[Unit], worke
     return [r for rs in mapper(functools.partial(run_span, step=step, columns=columns, **kwargs), spans) for r in rs]
 
 
-def near_decisions(units: list[Unit], plan: Plan, mapper: Mapper, splits: int = 1) -> tuple[Path, dict]:
+def near_decisions(units: list[Unit], plan: Plan, mapper: Mapper) -> tuple[Path, dict]:
     """Steps 1-4 of near dedup over the units; writes ``work/decisions.parquet`` and returns it with stats."""
     root = plan.root
     steps = _Steps()
@@ -121,8 +121,9 @@ def near_decisions(units: list[Unit], plan: Plan, mapper: Mapper, splits: int = 
     steps.done("sketch", units=len(units))
     groups = group_units(plan, units)
     group_starts = np.array([g[0].start for g in groups], dtype=np.int64)
+    # verify items per block: one per worker, so a single large block still uses every worker
     found = sum(mapper(functools.partial(bucket_partition, plan=plan, group_starts=group_starts,
-                                              splits=splits), list(range(plan.partitions))))
+                                         splits=max(plan.cfg.workers, 1)), list(range(plan.partitions))))
     steps.done("bucket", partitions=plan.partitions, pairs_per_partition=int(found))
     items = sorted({(d.name, p.stem.split("-s")[-1]) for d in (root / "pairs").iterdir()
                     for p in d.glob("*.parquet")})
@@ -269,7 +270,7 @@ def dedup_dir(inputs: Path | list[Path], cfg: DedupConfig, out: Path, stage: str
             ShardWriter(out / "data", pq.read_schema(paths[0]) if paths else RECORD_SCHEMA).close()
             ShardWriter(out / "rejects", DEDUP_REJECT_SCHEMA).close()
     elif kind == "near":
-        decisions, stats = near_decisions(units, plan, mapper, splits=max(cfg.workers, 1))
+        decisions, stats = near_decisions(units, plan, mapper)
     else:
         decisions, stats = exact_decisions_all(units, plan, mapper)
     steps = _Steps()
