@@ -74,19 +74,19 @@ clean:
 
 # Benchmarks (CPU ones here; GPU training runs on a GPU node: see BENCHMARKS.md "Training" for the command).
 bench-ingest: venv
-	$(BIN)/python bench/ingest_bench.py --gb 1.0
+	$(BIN)/python bench/ingest/bench.py --gb 1.0
 
 bench-dedup: venv  ## peftpipe alone; the side-by-side run with datasketch/datatrove/text-dedup is in BENCHMARKS.md
-	$(BIN)/python bench/dedup_corpus.py synthetic --docs 20000 --out .cache/syn20k.jsonl
-	$(BIN)/python bench/dedup_truth.py .cache/syn20k.jsonl --out .cache/syn20k.truth.json
-	$(BIN)/python bench/dedup_bench.py --corpus .cache/syn20k.jsonl --truth .cache/syn20k.truth.json \
+	$(BIN)/python bench/dedup/corpus.py synthetic --docs 20000 --out .cache/syn20k.jsonl
+	$(BIN)/python bench/dedup/truth.py .cache/syn20k.jsonl --out .cache/syn20k.truth.json
+	$(BIN)/python bench/dedup/bench.py --corpus .cache/syn20k.jsonl --truth .cache/syn20k.truth.json \
 	    --name synthetic-20k --tools peftpipe --repeat 1
 
 bench-filters: venv
-	$(BIN)/python bench/filters_bench.py --records 1000000 --out bench/filters_results.json
+	$(BIN)/python bench/filters/bench.py --records 1000000 --out bench/filters/results.json
 
 bench-tokenize: venv
-	$(BIN)/python bench/tokenize_bench.py --records 8000 --repeats 2 --num-proc 1 2
+	$(BIN)/python bench/tokenize/bench.py --records 8000 --repeats 2 --num-proc 1 2
 
 bench-orchestration: venv
-	$(BIN)/python bench/orchestration_bench.py --max-steps 10 --skip-deployment
+	$(BIN)/python bench/orchestration/bench.py --max-steps 10 --skip-deployment

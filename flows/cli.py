@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"peftpipe: {exc}", file=sys.stderr)
         return 2
-    from tasks.recovery import (
+    from tasks.core.recovery import (
         PreflightError,
         describe_storage_error,
         describe_tracking_error,

@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs = dict(cfg=cfg, text_field=args.text_field, id_field=args.id_field, report=bool(args.report))
         runner = resolve_runner(args.runner)
         if runner == "local":
-            from tasks.dedup_steps import dedup_dir
+            from tasks.dedup.steps import dedup_dir
             stats = dedup_dir(parquet, out=report_dir, stage=None, kind="near", map_path=out, **kwargs)
         else:
             from flows.dedup import run_dedup_flow
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"peftpipe dedup: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from tasks.recovery import is_disk_full
+        from tasks.core.recovery import is_disk_full
         if not is_disk_full(exc):
             raise
         print(f"peftpipe dedup: {exc.strerror or exc}. Point TMPDIR (or --report DIR, which also holds the work "

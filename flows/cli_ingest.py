@@ -31,8 +31,8 @@ def run_ingest(args: argparse.Namespace) -> int:
     """Ingest one source into args.out; 0 on success, 2 on a bad source or arguments."""
     from schemas.ingest import IngestConfig
     from schemas.pipeline import format_validation_error
-    from tasks.ingest import IngestError, ingest
-    from tasks.stage import STATS
+    from tasks.core.stage import STATS
+    from tasks.ingest.stage import IngestError, ingest
 
     try:
         src = {"name": args.name, "path": args.source, "format": args.format, "split": args.split,

@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from schemas.pipeline import ConfigError
     from schemas.sweep import curation_settings, expand_variants, load_sweep, reference_config
-    from tasks.stage import digest
+    from tasks.core.stage import digest
 
     try:
         sweep = load_sweep(args.config, args.overrides, args.grid)
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     from flows.sweep import sweep_flow
-    from tasks.compare import markdown_table
+    from tasks.sweep.compare import markdown_table
 
     result = sweep_flow(sweep)
     print("\n" + markdown_table(result.rows))

@@ -7,13 +7,13 @@ from prefect import flow, get_run_logger
 
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
-from tasks import tracking
-from tasks.artifacts import ledger_rows, publish_table
-from tasks.dedup import exact_dedup_task, near_dedup_task
+from tasks.core.stage import StageOutput
+from tasks.dedup.stage import exact_dedup_task, near_dedup_task
 from tasks.filters import filter_task, log_filter_report_to_mlflow
-from tasks.ingest import ingest_task, log_lineage_to_mlflow
-from tasks.split import split_task
-from tasks.stage import StageOutput
+from tasks.ingest.stage import ingest_task, log_lineage_to_mlflow
+from tasks.split.stage import split_task
+from tasks.track import runs as tracking
+from tasks.track.artifacts import ledger_rows, publish_table
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The standalone dedup flow: near-dedup of a Parquet dataset, its shard-level steps mapped over a Prefect
 task runner: a process pool by default, or a Ray cluster through prefect-ray.
 
-The same plain steps (tasks.dedup_lsh / tasks.dedup_steps) run here as Prefect tasks, one per unit,
+The same plain steps (tasks.dedup.lsh / tasks.dedup.steps) run here as Prefect tasks, one per unit,
 partition or verify block, so the Prefect UI shows each shard's work and its retries.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, task, unmapped
 
 from schemas.dedup import DedupConfig
-from tasks.dedup_steps import dedup_dir
+from tasks.dedup.steps import dedup_dir
 
 
 @task(name="dedup-shard-step")
@@ -40,7 +40,7 @@ def dedup_flow(inputs: list[str], out: str, cfg: DedupConfig, text_field: str | 
                           id_field=id_field, mapper=prefect_map, map_path=Path(map_path) if map_path else None,
                           report=report)
     if report:
-        from tasks.dedup_report import publish_artifacts
+        from tasks.dedup.report import publish_artifacts
         publish_artifacts(Path(out), "near_dedup")
     return stats
 

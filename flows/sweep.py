@@ -8,7 +8,7 @@ One parent MLflow run; under it, one child run per distinct curation setting and
    overrides). Every variant trains on it: the offline tiny model learns its tokenizer from the corpus, and
    variants with different tokenizers would have eval losses in different units.
 3. Per variant: its training records beside the **shared eval set** (the reference curation's eval split, see
-   ``tasks.compare.shared_eval_split``), tokenize, train, evaluate base vs adapter, log to its child run.
+   ``tasks.sweep.compare.shared_eval_split``), tokenize, train, evaluate base vs adapter, log to its child run.
 4. Compare: a table and a plot of eval loss against records kept, in Prefect and on the parent MLflow run.
 
 Why the reference curation's eval split: it is the clean data the user starts from, cleaned by the base
@@ -30,14 +30,14 @@ from flows.curate import CurateResult, curate_flow
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from schemas.sweep import SweepConfig, Variant, curation_settings, expand_variants, reference_config
-from tasks import tracking
-from tasks.artifacts import publish_link
-from tasks.compare import VariantResult, publish_comparison, shared_eval_split_task
-from tasks.evaluate import evaluate_adapter
-from tasks.model import prepare_base_model_task
-from tasks.stage import StageOutput, digest
-from tasks.tokenize import tokenize_task
-from tasks.train import train_task
+from tasks.core.stage import StageOutput, digest
+from tasks.evaluate.stage import evaluate_adapter
+from tasks.sweep.compare import VariantResult, publish_comparison, shared_eval_split_task
+from tasks.tokenize.stage import tokenize_task
+from tasks.track import runs as tracking
+from tasks.track.artifacts import publish_link
+from tasks.train.model import prepare_base_model_task
+from tasks.train.recipe import train_task
 
 ROLE = "peftpipe.sweep.role"
 

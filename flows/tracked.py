@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import mlflow
 
 from schemas.pipeline import PipelineConfig
-from tasks.tracking import pipeline_run
+from tasks.track.runs import pipeline_run
 
 
 @contextmanager

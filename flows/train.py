@@ -11,13 +11,13 @@ from prefect import flow, get_run_logger
 from flows.curate import CurateResult, curate_flow
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
-from tasks import tracking
-from tasks.artifacts import publish_link
-from tasks.evaluate import evaluate_task
-from tasks.model import prepare_base_model_task
-from tasks.registry import log_adapter_model
-from tasks.tokenize import tokenize_task
-from tasks.train import train_task
+from tasks.evaluate.stage import evaluate_task
+from tasks.tokenize.stage import tokenize_task
+from tasks.track import runs as tracking
+from tasks.track.artifacts import publish_link
+from tasks.track.model_registry import log_adapter_model
+from tasks.train.model import prepare_base_model_task
+from tasks.train.recipe import train_task
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ class PiiParams(StrictModel):
         default_factory=lambda: ["system", "user", "assistant"], description="Whose messages are scanned.")
 
 
-# The one table of filter names -> parameter model; tasks.filters.registry maps the same names to functions.
+# The one table of filter names -> parameter model; tasks.filters.chain maps the same names to functions.
 FILTER_PARAMS: dict[str, type[StrictModel]] = {
     "min_annotators": MinAnnotatorsParams,
     "flagged_labels": FlaggedLabelsParams,

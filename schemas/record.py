@@ -1,7 +1,7 @@
 """The one record shape every stage reads and writes, as an Arrow schema.
 
 A record is one chat example:
-- ``id``: stable across runs and machines (derived from the source name and the raw row, see tasks.ingest);
+- ``id``: stable across runs and machines (derived from the source name and the raw row, see tasks.ingest.stage);
 - ``source``: the name of the configured source it came from;
 - ``messages``: ``[{role, content}]`` with roles system / user / assistant;
 - ``annotations``: one entry per annotator: ``{annotator_id, rating, labels}`` (rating may be null);

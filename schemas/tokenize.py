@@ -28,7 +28,10 @@ class TokenizeConfig(StrictModel):
                                                        "on big corpora at a tiny cost in packing efficiency.")
 
 
-# One tokenized row: one or more whole records laid end to end (see tasks.packing).
+# The label of a token that carries no loss (PyTorch cross-entropy's default ignore_index).
+IGNORE_INDEX = -100
+
+# One tokenized row: one or more whole records laid end to end (see tasks.tokenize.packing).
 TOKENIZED_SCHEMA = pa.schema([
     ("input_ids", pa.list_(pa.int32())),
     ("labels", pa.list_(pa.int32())),  # -100 where there is no loss

@@ -11,8 +11,8 @@ from typing import Any
 
 from tasks.filters.agreement import krippendorff_alpha
 from tasks.filters.apply import STAGE, VERSION, apply_filters, run_chain
-from tasks.filters.batch import FilterBatch, FilterResult
-from tasks.filters.registry import FILTERS, build_chain, register
+from tasks.filters.base import FILTERS, FilterBatch, FilterResult, register
+from tasks.filters.chain import build_chain
 
 # Prefect takes seconds to import; the plain functions above do not need it, so the task loads on first use.
 _LAZY = {"filter_task", "filter_key", "log_filter_report_to_mlflow"}
@@ -23,6 +23,6 @@ __all__ = ["FILTERS", "STAGE", "VERSION", "FilterBatch", "FilterResult", "apply_
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from tasks.filters import task
-        return getattr(task, name)
+        from tasks.filters import stage
+        return getattr(stage, name)
     raise AttributeError(f"module 'tasks.filters' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tasks.filters.batch import ANON_PREFIX
+from tasks.filters.base import ANON_PREFIX
 
 METRICS = ("nominal", "ordinal", "interval")
 

@@ -10,8 +10,7 @@ from schemas.filters import (
     MinLabelAgreementParams,
     MinRatingParams,
 )
-from tasks.filters.batch import FilterBatch, FilterResult
-from tasks.filters.registry import register
+from tasks.filters.base import FilterBatch, FilterResult, register
 
 
 def _fmt(x: float) -> str:

@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 
 from schemas.filters import FilterConfig
 from schemas.record import MESSAGE, RECORD_SCHEMA, REJECT_SCHEMA
+from tasks.core.stage import Ledger, ShardWriter, iter_batches, shard_paths, with_reject_columns
 from tasks.filters.agreement import AgreementAccumulator, ReliabilityAccumulator
-from tasks.filters.batch import FilterBatch
-from tasks.filters.registry import build_chain
+from tasks.filters.base import FilterBatch
+from tasks.filters.chain import build_chain
 from tasks.filters.report import build_report, snippet, write_report
-from tasks.stage import Ledger, ShardWriter, iter_batches, shard_paths, with_reject_columns
 
 STAGE = "filter"
 VERSION = "1"

@@ -16,8 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from schemas.filters import DecontamParams
-from tasks.filters.batch import FilterBatch, FilterResult
-from tasks.filters.registry import register
+from tasks.filters.base import FilterBatch, FilterResult, register
 
 _WORD = re.compile(r"\w+")
 _BASE = np.uint64(1_000_003)

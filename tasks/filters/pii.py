@@ -14,8 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from schemas.filters import PiiParams
-from tasks.filters.batch import FilterBatch, FilterResult
-from tasks.filters.registry import register
+from tasks.filters.base import FilterBatch, FilterResult, register
 
 PLACEHOLDER = {"email": "[EMAIL]", "phone": "[PHONE]", "ip": "[IP_ADDRESS]", "key": "[KEY]"}
 

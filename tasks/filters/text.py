@@ -21,8 +21,7 @@ from schemas.filters import (
     RepetitionParams,
     SymbolRatioParams,
 )
-from tasks.filters.batch import FilterBatch, FilterResult
-from tasks.filters.registry import register
+from tasks.filters.base import FilterBatch, FilterResult, register
 
 _PARA_SPLIT = re.compile(r"\n{2,}")
 _LINE_SPLIT = re.compile(r"\n+")

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 FLOW = """
 from prefect import flow
 from flows.deployments import announce_dataset
-from tasks.artifacts import publish_table
+from tasks.track.artifacts import publish_table
 
 @flow(name="pg-smoke")
 def smoke():

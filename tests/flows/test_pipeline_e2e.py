@@ -9,7 +9,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from schemas.pipeline import load_config
-from tasks.stage import read_ledger, read_table
+from tasks.core.stage import read_ledger, read_table
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_LINES = sum(1 for _ in open(ROOT / "data/sample.jsonl", "rb"))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks.stage import read_ledger, read_table
+from tasks.core.stage import read_ledger, read_table
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 
 from schemas.record import RECORD_SCHEMA
-from tasks.compare import (
+from tasks.core.stage import ShardWriter, read_ledger, read_table
+from tasks.sweep.compare import (
     VariantResult,
     comparison_markdown,
     comparison_rows,
@@ -16,7 +17,6 @@ from tasks.compare import (
     shared_eval_split,
     text_plot,
 )
-from tasks.stage import ShardWriter, read_ledger, read_table
 
 LONG = ("the quick brown fox jumps over the lazy dog while the farmer counts his sheep in the green valley "
         "before the sun sets behind the old stone mill")
@@ -72,8 +72,8 @@ def test_leak_check_threshold_is_respected(split_dirs, tmp_path):
 
 def test_shared_eval_split_task_is_content_addressed(split_dirs, tmp_path):
     from schemas.sweep import SweepConfig
-    from tasks.compare import shared_eval_split_task
-    from tasks.stage import StageOutput
+    from tasks.core.stage import StageOutput
+    from tasks.sweep.compare import shared_eval_split_task
 
     ref, var = split_dirs
     for d in (ref, var):

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks.tracking import content_digest
+from tasks.track.runs import content_digest
 from tests.reliability.harness import assert_nothing_partial_looks_complete, complete_stage_dirs
 
 pytestmark = pytest.mark.slow  # real CLI runs: minutes on 2 cores

@@ -81,7 +81,7 @@ def test_servers_listen_on_loopback_only(prefect_server):
 UNSAFE_CALLS = {("pickle", "load"), ("pickle", "loads"), ("pd", "read_pickle"), ("pandas", "read_pickle"),
                 ("joblib", "load"), ("dill", "load"), ("cloudpickle", "load"), ("cloudpickle", "loads")}
 # Our own training checkpoints (RNG states need the full unpickler); never user data: see the report.
-ALLOWED_TORCH_LOAD = {"tasks/train_state.py"}
+ALLOWED_TORCH_LOAD = {"tasks/train/checkpoint.py"}
 
 
 def test_no_pickle_loading_in_the_code_paths():
@@ -107,7 +107,7 @@ def test_no_pickle_loading_in_the_code_paths():
 
 def test_a_pickle_given_as_data_is_never_unpickled(tmp_path):
     """A malicious pickle named like data: ingesting it must not run its payload."""
-    from tasks.ingest import ingest
+    from tasks.ingest.stage import ingest
 
     marker = tmp_path / "pwned"
 

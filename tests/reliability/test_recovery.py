@@ -1,4 +1,4 @@
-"""tasks.recovery on its own: stale runs of SIGKILLed owners, preflight against real sockets, secret scrubbing."""
+"""tasks.core.recovery on its own: stale runs of SIGKILLed owners, preflight against real sockets, secret scrubbing."""
 import http.server
 import logging
 import os
@@ -13,8 +13,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tasks import recovery
-from tasks.stage import publish_dir
+from tasks.core import recovery
+from tasks.core.stage import publish_dir
 
 
 def closed_port() -> int:
@@ -53,7 +53,7 @@ def test_pid_alive_tells_dead_and_reused_pids():
 
 OWNER = textwrap.dedent("""
     import sys, time, mlflow
-    from tasks.recovery import owner_tags
+    from tasks.core.recovery import owner_tags
     mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_experiment("exp")
     run = mlflow.start_run(tags=owner_tags())
     print(run.info.run_id, flush=True)

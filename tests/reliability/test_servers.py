@@ -13,7 +13,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tasks import recovery
+from tasks.core import recovery
 from tests.reliability.harness import (
     assert_nothing_partial_looks_complete,
     cli_env,

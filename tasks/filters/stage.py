@@ -1,0 +1,30 @@
+"""The Prefect face of the filter stage: a thin @task over apply_filters, and the MLflow report hook."""
+from __future__ import annotations
+
+from prefect import task
+
+from schemas.pipeline import PipelineConfig
+from tasks.core.stage import StageOutput, digest, run_stage
+from tasks.filters.apply import STAGE, VERSION, apply_filters
+from tasks.filters.decontam import source_fingerprint
+from tasks.filters.report import log_report_to_mlflow, publish_prefect_artifacts
+
+
+def filter_key(upstream_key: str, cfg: PipelineConfig) -> str:
+    """The stage's cache key; eval files for decontamination add their size and mtime, so editing one reruns."""
+    evals = [source_fingerprint(s.parsed()) for s in cfg.filters.filters if s.name == "decontaminate"]
+    return digest(STAGE, VERSION, cfg.filters, upstream_key, *([evals] if evals else []))
+
+
+@task(name="filter")
+def filter_task(upstream: StageOutput, cfg: PipelineConfig) -> StageOutput:
+    """Run (or reuse) the filter stage over the upstream shards and publish its report as Prefect artifacts."""
+    out = run_stage(cfg.workdir, STAGE, filter_key(upstream.key, cfg),
+                    lambda tmp: apply_filters(upstream.data(), cfg.filters, tmp))
+    publish_prefect_artifacts(out.path)
+    return out
+
+
+def log_filter_report_to_mlflow(stage: StageOutput) -> None:
+    """Log the filter stage's agreement metrics, drop counts and report files to the ACTIVE MLflow run."""
+    log_report_to_mlflow(stage.path)

@@ -1,0 +1,2 @@
+"""Stage ``split``: a deterministic train/eval split by a salted hash of the record id (``stage``).
+"""

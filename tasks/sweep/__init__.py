@@ -1,0 +1,2 @@
+"""Sweeps: what makes variants comparable and the comparison itself (``compare``).
+"""

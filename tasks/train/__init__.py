@@ -1,0 +1,10 @@
+"""Training: LoRA/QLoRA adapters on the tokenized split, read as one recipe.
+
+- ``model``: the base model (the tiny offline Llama, a local path or a hub id), loaded for LoRA or QLoRA.
+- ``data``: batches from the tokenized rows: a resumable cursor and the one padding-free collate.
+- ``loss``: the causal-LM loss on hidden states where a token carries a loss, and the eval loss.
+- ``checkpoint``: resumable checkpoints (trainable weights, optimizer, scheduler, RNG, data position).
+- ``launch``: data-parallel training through torchrun; ``rank`` is what each rank runs.
+- ``synthetic``: synthetic tokenized splits for tests and benchmarks.
+- ``recipe``: setup, train, save, top to bottom; the Prefect task.
+"""

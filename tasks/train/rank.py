@@ -1,0 +1,36 @@
+"""One data-parallel rank: ``tasks.train.launch`` starts N of these through torchrun.
+
+  python -m torch.distributed.run --standalone --nproc_per_node N -m tasks.train.rank SPEC_JSON
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from schemas.pipeline import PipelineConfig
+from tasks.train.recipe import mlflow_metrics_logger, train_adapter
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = PipelineConfig.model_validate(spec["config"])
+    use_cuda = cfg.train.device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+    try:
+        rank0 = torch.distributed.get_rank() == 0
+        log = mlflow_metrics_logger(spec["run_id"]) if rank0 else None
+        train_adapter(Path(spec["tokenized_dir"]), spec["base"], cfg, Path(spec["out"]), log)
+        torch.distributed.barrier()  # no rank leaves before rank 0 has written the outputs
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
