@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.filters.agreement import krippendorff_alpha
-from tasks.filters.apply import STAGE, VERSION, apply_filters, run_chain
+from tasks.filters.apply import STAGE, apply_filters, run_chain
 from tasks.filters.base import FILTERS, FilterBatch, FilterResult, register
 from tasks.filters.chain import build_chain
 
 # Prefect takes seconds to import; the plain functions above do not need it, so the task loads on first use.
 _LAZY = {"filter_task", "filter_key", "log_filter_report_to_mlflow"}
 
-__all__ = ["FILTERS", "STAGE", "VERSION", "FilterBatch", "FilterResult", "apply_filters", "build_chain",
+__all__ = ["FILTERS", "STAGE", "FilterBatch", "FilterResult", "apply_filters", "build_chain",
            "krippendorff_alpha", "register", "run_chain", *sorted(_LAZY)]
 
 

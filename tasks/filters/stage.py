@@ -4,8 +4,8 @@ from __future__ import annotations
 from prefect import task
 
 from schemas.pipeline import PipelineConfig
-from tasks.core.stage import StageOutput, digest, run_stage
-from tasks.filters.apply import STAGE, VERSION, apply_filters
+from tasks.core.stage import StageOutput, code_version, digest, run_stage
+from tasks.filters.apply import STAGE, apply_filters
 from tasks.filters.decontam import source_fingerprint
 from tasks.filters.report import log_report_to_mlflow, publish_prefect_artifacts
 
@@ -13,7 +13,7 @@ from tasks.filters.report import log_report_to_mlflow, publish_prefect_artifacts
 def filter_key(upstream_key: str, cfg: PipelineConfig) -> str:
     """The stage's cache key; eval files for decontamination add their size and mtime, so editing one reruns."""
     evals = [source_fingerprint(s.parsed()) for s in cfg.filters.filters if s.name == "decontaminate"]
-    return digest(STAGE, VERSION, cfg.filters, upstream_key, *([evals] if evals else []))
+    return digest(STAGE, code_version("tasks.filters", "tasks.core.stage"), cfg.filters, upstream_key, *([evals] if evals else []))
 
 
 @task(name="filter")

@@ -39,6 +39,7 @@ from tasks.core.stage import (
     Ledger,
     ShardWriter,
     StageOutput,
+    code_version,
     digest,
     iter_batches,
     run_stage,
@@ -52,7 +53,6 @@ from tasks.tokenize.packing import pack_sequences, packing_efficiency, single_ro
 from tasks.tokenize.tokenizer import load_tokenizer, tokenizer_digest
 
 STAGE = "tokenize"
-TOKENIZE_VERSION = "1"  # bump when the output of the same inputs changes
 SPLITS = ("train", "eval")
 TOKENIZE_REJECT_SCHEMA = pa.schema(list(REJECT_SCHEMA) + [pa.field("split", pa.string()),
                                                           pa.field("num_tokens", pa.int32())])
@@ -192,7 +192,7 @@ def tokenize_task(split: StageOutput, tokenizer_dir: str, cfg: PipelineConfig) -
     """Prefect wrapper; the key covers the tokenizer's files, so a retrained tokenizer re-tokenizes, and leaves
     out ``num_proc``, which changes the speed, never the rows."""
     settings = cfg.tokenize.model_dump(mode="json", exclude={"num_proc"})
-    key = digest(STAGE, TOKENIZE_VERSION, settings, split.key, tokenizer_digest(tokenizer_dir, cfg.model.revision))
+    key = digest(STAGE, code_version("tasks.tokenize", "tasks.core.stage"), settings, split.key, tokenizer_digest(tokenizer_dir, cfg.model.revision))
     return run_stage(cfg.workdir, STAGE, key, lambda tmp: tokenize_splits(
         split.path, tokenizer_dir, cfg.tokenize, tmp, cfg.model.revision, cfg.model.trust_remote_code))
 
