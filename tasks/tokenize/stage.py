@@ -6,15 +6,12 @@ packed into a train row: each split is packed on its own.
 
 Templating, prompt masking and the length policy live in tasks.tokenize.chat; packing in tasks.tokenize.packing.
 
-Model-call convention (training and evaluation must feed rows exactly like this; tests check it):
-
-    batch = collate(rows, pad_id=tokenizer.pad_token_id)      # tasks.tokenize.packing: input_ids, labels, position_ids
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                use_cache=False)                               # and NO attention_mask
-
-With ``attention_mask=None`` and no cache, transformers 5 finds the position restarts and builds a
-block-diagonal causal mask (sdpa, eager; flash-attention-2 derives cu_seqlens from the same position_ids),
-so attention never crosses records and the per-token loss equals running each record alone. Padding is a
+How rows are fed to the model: training and evaluation collate them with ``tasks.train.data`` (input_ids,
+position_ids and shifted targets, no attention_mask) and take the loss with
+``tasks.train.loss.causal_lm_loss_sum``. With ``attention_mask=None`` and no cache, transformers 5 finds the
+position restarts and builds a block-diagonal causal mask (sdpa, eager; flash-attention-2 derives cu_seqlens
+from the same position_ids), so attention never crosses records and the per-token loss equals running each
+record alone (tests check it). Padding is a
 trailing "sequence" of its own with labels -100, so it needs no mask either. Packed rows come out longest
 records first (best-fit decreasing): shuffle rows when training.
 """
