@@ -4,10 +4,11 @@ from __future__ import annotations
 from prefect import task
 
 from schemas.pipeline import PipelineConfig
+from tasks.core.publication import Publication
 from tasks.core.stage import StageOutput, code_version, digest, run_stage
 from tasks.filters.apply import STAGE, apply_filters
 from tasks.filters.decontam import source_fingerprint
-from tasks.filters.report import log_report_to_mlflow, publish_prefect_artifacts
+from tasks.filters.report import publish_prefect_artifacts, report_publication
 
 
 def filter_key(upstream_key: str, cfg: PipelineConfig) -> str:
@@ -25,6 +26,6 @@ def filter_task(upstream: StageOutput, cfg: PipelineConfig) -> StageOutput:
     return out
 
 
-def log_filter_report_to_mlflow(stage: StageOutput) -> None:
-    """Log the filter stage's agreement metrics, drop counts and report files to the ACTIVE MLflow run."""
-    log_report_to_mlflow(stage.path)
+def filter_publication(stage: StageOutput) -> Publication:
+    """The filter stage's report for MLflow: agreement metrics, the drop table, the report files."""
+    return report_publication(stage.path)
