@@ -1,7 +1,7 @@
 """Render BENCHMARKS.md's tables from the results JSON under bench/<area>/, so that each figure exists once.
 
     python bench/render.py           # rewrite every rendered table in BENCHMARKS.md in place
-    python bench/render.py --check   # exit 1, naming the tables, when BENCHMARKS.md is not what the JSON gives
+    python bench/render.py --check   # exit 1 with a diff when BENCHMARKS.md is not what the JSON gives
 
 A rendered table sits between two marker comments; everything else in BENCHMARKS.md is prose and left alone:
 
@@ -27,14 +27,15 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 DOC = BENCH.parent / "BENCHMARKS.md"
-MARKED = re.compile(r"^(?P<indent>[ \t]*)<!-- render: (?P<spec>[^>]*?) -->\n(?P<body>.*?)^(?P=indent)<!-- /render -->$",
-                    re.M | re.S)
+MARKED = re.compile(r"^(?P<indent>[ \t]*)<!-- render: (?P<spec>[^>]*?) -->\n"
+                    r"(?P<body>.*?)^(?P=indent)<!-- /render -->$", re.M | re.S)
+START = re.compile(r"^[ \t]*<!-- render:", re.M)
 
 
 # ---- number formats: rounded half up, as the tables were first written by hand ---------------------------
 
 def num(x: float, places: int = 0) -> str:
-    """x with thousands separators, rounded half up (binary noise cut at 9 places: 25.814999.. reads 25.82)."""
+    """x with thousands separators, rounded half up (binary noise cut at 9 places: 25.81499.. reads 25.82)."""
     d = Decimal(f"{x:.9f}").quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
     return f"{d:,}"
 
@@ -62,7 +63,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 # ---- train ---------------------------------------------------------------------------------------------
 
-# Case (shape:method:checkpointing:data:options, as bench/train/speed.py names it) -> label, target, bold column.
+# Case (shape:method:checkpointing:data:options, as bench/train/speed.py names it) -> label, target, and the
+# column in bold. Rows come in this order; a case missing here is shown under its own name, last.
 TRAIN_CASES = {
     "llama-1b:qlora:none:fixed:compile+bf16a": ("1B QLoRA, fixed length", ">= 40,000", "tokens_per_s"),
     "llama-1b:lora:none:fixed:compile+bf16a": ("1B LoRA bf16, fixed length", "", "tokens_per_s"),
@@ -84,7 +86,7 @@ TRAIN_CASES = {
 
 
 def train_speed(docs: list[Any], run: str) -> list[str]:
-    """One call of speed_results.json; with the stock recipe's columns and the targets when the call ran it."""
+    """One call of speed_results.json; with the stock recipe's columns and the targets if the call ran it."""
     rows = docs[0]["runs"][run]
     ours = {r["case"]: r for r in rows if r["recipe"] == "peftpipe"}
     stock = {(r["shape"], r["mode"]): r for r in rows if r["recipe"] == "hf-stock"}
@@ -115,11 +117,11 @@ def train_speed(docs: list[Any], run: str) -> list[str]:
 def train_ddp(docs: list[Any]) -> list[str]:
     runs = sorted(docs[0], key=lambda r: r["gpus"])
     one = runs[0]["tokens_per_s"]
+    rows = [[str(r["gpus"]), str(r["micro_batch_per_gpu"]),
+             num(r["tokens_per_s"]) + (f" ({num(r['tokens_per_s'] / one, 2)}x)" if r["gpus"] > 1 else ""),
+             num(r["train_loss"], 5), num(r["eval_loss"], 5), num(r["peak_gib_rank0"], 1)] for r in runs]
     return table(["GPUs", "micro-batch per GPU", "tokens/s (all GPUs)", "final train loss", "eval loss",
-                  "peak GiB (rank 0)"],
-                 [[str(r["gpus"]), str(r["micro_batch_per_gpu"]),
-                   num(r["tokens_per_s"]) + (f" ({num(r['tokens_per_s'] / one, 2)}x)" if r["gpus"] > 1 else ""),
-                   num(r["train_loss"], 5), num(r["eval_loss"], 5), num(r["peak_gib_rank0"], 1)] for r in runs])
+                  "peak GiB (rank 0)"], rows)
 
 
 # ---- tokenize ------------------------------------------------------------------------------------------
@@ -144,8 +146,8 @@ def tokenize(docs: list[Any], view: str) -> list[str]:
                       for r in runs])
     if view == "packing":
         truncated = {("long_tail", 512): " (truncate)"}  # the case whose length policy is the point
-        return table(["corpus, max_seq_len", "stage train (BFD)", "stage eval (BFD, apart)", "next fit in order",
-                      "one record per row", "lower bound"],
+        return table(["corpus, max_seq_len", "stage train (BFD)", "stage eval (BFD, apart)",
+                      "next fit in order", "one record per row", "lower bound"],
                      [[_corpus(r) + truncated.get((r["corpus"], r["max_seq_len"]), ""),
                        bold(ratio(p["stage_train"])), ratio(p["stage_eval"]), ratio(p["next_fit_in_order"]),
                        ratio(p["padding_only_to_max_seq_len"]), "<= " + ratio(p["best_possible"])]
@@ -170,15 +172,15 @@ def filters(docs: list[Any], view: str) -> list[str]:
                       "peak RSS"], rows)
     if view == "side-by-side":
         s, g = d["same_slice"], d["gopher_repetition_vs_datatrove"]
+        ref, ours_all = s["reference_row_by_row"], s["apply_filters"]
         dt, ours, chat = g["datatrove_GopherRepetitionFilter"], g["ours_repetition"]["gopher_settings"], \
             g["ours_repetition"]["default_settings"]
         same = s["same_decision_share"]
         return table(["what", "CPU s", "per CPU-second", "decisions"], [
             ["same chain row by row (one record at a time, same rule functions, no outputs)",
-             num(s["reference_row_by_row"]["cpu_s"], 2), f"{num(s['reference_row_by_row']['records_per_cpu_s'])} records",
-             "reference"],
-            ["`apply_filters` (batched views, writes data/rejects/report)", num(s["apply_filters"]["cpu_s"], 2),
-             bold(f"{num(s['apply_filters']['records_per_cpu_s'])} records"),
+             num(ref["cpu_s"], 2), f"{num(ref['records_per_cpu_s'])} records", "reference"],
+            ["`apply_filters` (batched views, writes data/rejects/report)", num(ours_all["cpu_s"], 2),
+             bold(f"{num(ours_all['records_per_cpu_s'])} records"),
              "identical on 100%" if same == 1 else f"same on {pct(same)}"],
             ["datatrove 0.10.1 `GopherRepetitionFilter` (spaCy words)", num(dt["cpu_s"], 2),
              f"{num(dt['texts_per_cpu_s'])} texts", f"drops {pct(dt['dropped_share'])}"],
@@ -202,9 +204,9 @@ def ingest(docs: list[Any]) -> list[str]:
         size = report["input"]["bytes"]
         label = f"{num(size / 1e9, 1)} GB" if size >= 1e9 else f"{num(size / 1e6)} MB"
         for r in report["results"]:
-            rows.append([label, r["engine"], num(r["seconds"]), num(r["cpu_seconds"], 1), str(r["mb_per_cpu_s"]),
-                         num(r.get("kept", 0) / max(r["cpu_seconds"], 1e-9)), f"{num(r['peak_rss_mib'])} MiB",
-                         f"{num(r['peak_tree_rss_mib'])} MiB"])
+            rows.append([label, r["engine"], num(r["seconds"]), num(r["cpu_seconds"], 1),
+                         str(r["mb_per_cpu_s"]), num(r.get("kept", 0) / max(r["cpu_seconds"], 1e-9)),
+                         f"{num(r['peak_rss_mib'])} MiB", f"{num(r['peak_tree_rss_mib'])} MiB"])
     return table(["input", "engine", "wall s", "CPU s", "MB per CPU-s", "records per CPU-s",
                   "peak RSS, largest process", "peak RSS, all processes"], rows)
 
@@ -226,8 +228,9 @@ def orchestration(docs: list[Any]) -> list[str]:
             what = f"none (train {num(r['tasks_s']['train'], 2)} s: adapter reused)"
         else:
             what = ", ".join(done) + " (+ the adapter)"
-        rows.append([ORCHESTRATION_RUNS.get(key, key), f"{num(r['process_wall_s'])} ({num(r['process_cpu_s'], 1)})",
-                     num(r["flow_wall_s"]), num(r["stage_work_s"], 1), num(r["overhead_s"]), what])
+        process = f"{num(r['process_wall_s'])} ({num(r['process_cpu_s'], 1)})"
+        rows.append([ORCHESTRATION_RUNS.get(key, key), process, num(r["flow_wall_s"]),
+                     num(r["stage_work_s"], 1), num(r["overhead_s"]), what])
     return table(["run (same workdir)", "process wall s (CPU s)", "flow wall s", "stage work s", "overhead s",
                   "stages recomputed"], rows)
 
@@ -247,13 +250,15 @@ def orchestration_rerun(docs: list[Any]) -> list[str]:
 
 # ---- dedup ---------------------------------------------------------------------------------------------
 
-DEDUP_TOOLS = {"peftpipe": "**peftpipe** (21x6 LSH, exact-Jaccard check)", "datasketch": "datasketch batch APIs (9x13)",
-               "datatrove": "datatrove 0.10 (9x13, 2 input files)", "text-dedup": "text-dedup 0.4 minhash"}
+DEDUP_TOOLS = {"peftpipe": "**peftpipe** (21x6 LSH, exact-Jaccard check)",
+               "datasketch": "datasketch batch APIs (9x13)",
+               "datatrove": "datatrove 0.10 (9x13, 2 input files)",
+               "text-dedup": "text-dedup 0.4 minhash"}
 DEDUP_CORPORA = {"bible-5-translations": "bible"}
 
 
 def dedup(docs: list[Any]) -> list[str]:
-    """Tools side by side per corpus; datatrove's CPU is not counted (its pool workers are not our children)."""
+    """Tools side by side per corpus; datatrove's CPU is n/a (its pool workers are not reaped as children)."""
     rows = []
     for name, corpus in docs[0].items():
         for tool, r in corpus["summary"].items():
@@ -262,8 +267,8 @@ def dedup(docs: list[Any]) -> list[str]:
                          bold(num(r["wall_s"], 2), ours), bold(num(r["docs_per_s"]), ours),
                          "n/a¹" if tool == "datatrove" else num(r["cpu_s"], 2), f"{r['peak_rss_mb']} MB",
                          *(bold(ratio(r[k]), ours) for k in ("precision", "recall", "f1"))])
-    return table(["corpus", "tool", "wall s", "docs/s", "CPU s", "peak RSS (tree)", "precision", "recall", "F1"],
-                 rows)
+    return table(["corpus", "tool", "wall s", "docs/s", "CPU s", "peak RSS (tree)", "precision", "recall",
+                  "F1"], rows)
 
 
 # Key in scale_results.json -> setting label, columns in bold; the first row of a size names the default.
@@ -287,18 +292,23 @@ def dedup_scale(docs: list[Any], view: str) -> list[str]:
             if r["docs"] >= 10_000_000 and r["docs"] not in sized:  # say once what the biggest corpus weighs
                 docs_label += f" ({num(r['parquet_mb'] / 1000, 1)} GB Parquet)"
             sized.add(r["docs"])
-            rows.append([docs_label, setting, bold(num(r["wall_s"], 1), "wall_s" in strong), num(r["cpu_s"], 1),
-                         bold(num(r["docs_per_s"]), "docs_per_s" in strong),
+            rows.append([docs_label, setting, bold(num(r["wall_s"], 1), "wall_s" in strong),
+                         num(r["cpu_s"], 1), bold(num(r["docs_per_s"]), "docs_per_s" in strong),
                          bold(f"{num(r['peak_rss_mb'])} MB", "peak_rss_mb" in strong), num(r["removed"])])
-        return table(["docs (~1 KB)", "setting", "wall s", "CPU s", "docs/s", "peak RSS (tree)", "removed"], rows)
+        return table(["docs (~1 KB)", "setting", "wall s", "CPU s", "docs/s", "peak RSS (tree)", "removed"],
+                     rows)
     if view == "runners":
         by_docs: dict[int, dict[str, dict]] = {}
         for r in d.values():
             if "runner" in r:
                 by_docs.setdefault(r["docs"], {})[r["runner"]] = r
-        cell = lambda r: f"{num(r['wall_s'], 1)} s / {num(r['cpu_s'], 1)} / {num(r['peak_rss_mb'])} MB"  # noqa: E731
-        return table(["docs", "`--runner local` wall / CPU s / peak", "`--runner processes` wall / CPU s / peak"],
-                     [[num(n), cell(rs["local"]), cell(rs["processes"])] for n, rs in sorted(by_docs.items())])
+
+        def cell(r: dict) -> str:
+            return f"{num(r['wall_s'], 1)} s / {num(r['cpu_s'], 1)} / {num(r['peak_rss_mb'])} MB"
+        return table(["docs", "`--runner local` wall / CPU s / peak",
+                      "`--runner processes` wall / CPU s / peak"],
+                     [[num(n), cell(rs["local"]), cell(rs["processes"])]
+                      for n, rs in sorted(by_docs.items())])
     raise ValueError(f"dedup/scale_results.json: unknown view {view!r} (settings, runners)")
 
 
@@ -321,7 +331,8 @@ def render_table(spec: str, bench: Path = BENCH) -> list[str]:
     """The table lines for one marker's spec, `PATH [WORDS...]`."""
     path, *words = spec.split()
     if path not in TABLES:
-        raise KeyError(f"no table function for {path!r} in bench/render.py TABLES (known: {', '.join(TABLES)})")
+        raise KeyError(f"no table function for {path!r} in bench/render.py TABLES "
+                       f"(known: {', '.join(TABLES)})")
     files = sorted(bench.glob(path))
     if not files:
         raise FileNotFoundError(f"render marker {spec!r}: no file matches bench/{path}")
@@ -332,9 +343,16 @@ def render(text: str, bench: Path = BENCH) -> str:
     """text with every marked table rendered again from the JSON; all else unchanged."""
     def one(m: re.Match) -> str:
         indent = m["indent"]
+        if START.search(m["body"]):
+            raise ValueError(f"render marker {m['spec']!r} has no `<!-- /render -->` before the next marker")
         lines = [indent + line for line in render_table(m["spec"], bench)]
-        return f"{indent}<!-- render: {m['spec']} -->\n\n" + "\n".join(lines) + f"\n\n{indent}<!-- /render -->"
-    return MARKED.sub(one, text)
+        # Blank lines around the table, so that neither marker is read as part of it.
+        return (f"{indent}<!-- render: {m['spec']} -->\n\n" + "\n".join(lines)
+                + f"\n\n{indent}<!-- /render -->")
+    fresh, count = MARKED.subn(one, text)
+    if count != len(START.findall(text)):
+        raise ValueError("a `<!-- render: ... -->` marker has no `<!-- /render -->` at its indentation")
+    return fresh
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if fresh == text:
         return 0
-    diff = difflib.unified_diff(text.splitlines(), fresh.splitlines(), str(args.doc), "rendered", lineterm="", n=0)
-    print("\n".join(diff))
+    print("\n".join(difflib.unified_diff(text.splitlines(), fresh.splitlines(), str(args.doc), "rendered",
+                                         lineterm="", n=0)))
     print(f"{args.doc} is stale: a rendered table differs from its JSON. Run `python bench/render.py`.",
           file=sys.stderr)
     return 1

@@ -90,3 +90,13 @@ def test_a_marker_without_a_table_function_or_file_is_an_error(tmp_path):
         render.render("<!-- render: train/nope.json -->\n<!-- /render -->\n", bench=tmp_path)
     with pytest.raises(FileNotFoundError, match="no file matches bench/train/ddp_results.json"):
         render.render("<!-- render: train/ddp_results.json -->\n<!-- /render -->\n", bench=tmp_path)
+
+
+def test_an_unclosed_marker_is_an_error_not_a_swallowed_table(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "ddp_results.json").write_text(json.dumps(FIXTURE_DDP))
+    with pytest.raises(ValueError, match="has no `<!-- /render -->`"):
+        render.render("<!-- render: train/ddp_results.json -->\n| a |\n\n"
+                      "<!-- render: train/ddp_results.json -->\n| b |\n<!-- /render -->\n", bench=tmp_path)
+    with pytest.raises(ValueError, match="has no `<!-- /render -->`"):
+        render.render("<!-- render: train/ddp_results.json -->\n| a |\n", bench=tmp_path)
