@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
 
+# A named text of the record, as defined once in schemas.record.TEXT_ROLES (prompt = user turns).
 TextField = Literal["response", "prompt", "all"]
 Aggregate = Literal["mean", "median"]
 
