@@ -25,6 +25,7 @@ from tasks.core.stage import (
     Ledger,
     ShardWriter,
     StageOutput,
+    code_version,
     digest,
     iter_batches,
     run_stage,
@@ -35,7 +36,6 @@ from tasks.filters.decontam import ngram_hashes
 from tasks.track.artifacts import artifact_key, in_run, publish_markdown, publish_table
 
 STAGE = "shared_eval_split"
-SHARED_EVAL_VERSION = "1"
 
 
 def eval_index(eval_dir: Path, ngram: int, writer: ShardWriter | None = None) -> tuple[set[str], np.ndarray]:
@@ -97,7 +97,8 @@ def shared_eval_split(variant_split: Path, eval_dir: Path, ngram: int, max_overl
 def shared_eval_split_task(variant: StageOutput, reference: StageOutput, sweep: SweepConfig, workdir: str
                            ) -> StageOutput:
     """Prefect wrapper: the variant's split stage beside the reference split's eval set, content-addressed."""
-    key = digest(STAGE, SHARED_EVAL_VERSION, sweep.eval_overlap_ngram, sweep.eval_overlap_max, variant.key,
+    code = code_version("tasks.sweep.compare", "tasks.evaluate.leakcheck", "tasks.core.stage")
+    key = digest(STAGE, code, sweep.eval_overlap_ngram, sweep.eval_overlap_max, variant.key,
                  reference.key)
     return run_stage(workdir, STAGE, key, lambda tmp: shared_eval_split(
         variant.path, reference.data("eval"), sweep.eval_overlap_ngram, sweep.eval_overlap_max, tmp))
