@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger
 
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
+from tasks.core.errors import require_train_records
 from tasks.core.stage import StageOutput
 from tasks.dedup.stage import exact_dedup_task, near_dedup_task
 from tasks.filters import filter_task, log_filter_report_to_mlflow
@@ -43,6 +44,7 @@ def curate_flow(cfg: PipelineConfig) -> CurateResult:
             log.info("%-12s in=%-6d kept=%-6d dropped=%s", s.name, led.n_in, led.kept, dict(led.dropped))
             tracking.log_ledger(s)
         publish_table("curation-ledger", ledger_rows(stages), description=f"Curation funnel of config {cfg.name}")
+        require_train_records(stages)  # every record dropped somewhere: one clear error with the counts
         log_lineage_to_mlflow(ingested)
         log_filter_report_to_mlflow(filtered)
         digests = tracking.log_curated_dataset(split, cfg.name)

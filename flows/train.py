@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from flows.curate import CurateResult, curate_flow
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
+from tasks.core.errors import NothingToTrainError, require_tokenized
 from tasks.evaluate.stage import evaluate_task
 from tasks.tokenize.stage import tokenize_task
 from tasks.track import runs as tracking
@@ -37,7 +38,13 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
         if curated is None:
             curated = curate_flow(cfg)
         base = prepare_base_model_task(cfg, curated.split)
-        tokenized = tokenize_task(curated.split, base, cfg)
+        try:
+            tokenized = tokenize_task(curated.split, base, cfg)
+        except ValueError as exc:  # tasks.tokenize raises this when it rejected every training record
+            if not str(exc).startswith("tokenize: all"):
+                raise
+            raise NothingToTrainError(f"nothing left to train on: {exc}") from None
+        require_tokenized(tokenized, cfg.split.eval_fraction)  # before any training time is spent
         tracking.log_ledger(tokenized)
         tracking.log_tokenized_dataset(tokenized, cfg.name)
         trained = train_task(tokenized, base, cfg, run.info.run_id)

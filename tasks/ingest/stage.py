@@ -98,7 +98,7 @@ UNUSUAL_SHARE = 0.5
 
 
 def _warn(src: SourceConfig, index: int, n_in: int, kept: int, dropped: Counter, unmapped: Counter) -> None:
-    if n_in and (n_in - kept) / n_in > UNUSUAL_SHARE:
+    if kept and (n_in - kept) / n_in > UNUSUAL_SHARE:  # kept == 0 has its own warning
         reason, n = dropped.most_common(1)[0]
         hint = _HINTS.get(reason, "ingest.sources[{i}]").format(i=index)
         log.warning("source %s (%s): %d of %d rows quarantined, most as %s (%d); check %s. Reasons: %s",
