@@ -256,13 +256,17 @@ def mlflow_retry_env(lost_after_s: float) -> dict[str, str]:
     """MLflow HTTP client settings under which a lost server fails a run within ``lost_after_s``.
 
     A run makes at most two requests after the loss (the one that fails, then ending its run as FAILED), so
-    each request gets half: 3 attempts of ``timeout`` seconds, with urllib3's backoff (0 s, then 2 x factor)
-    and MLflow's jitter (up to 1 s per retry) between them. MLflow's default (7 retries, 120 s timeouts) takes
+    each request gets half: 3 attempts of ``timeout`` seconds (fewer for a budget under ~18 s), with urllib3's
+    backoff (0 s, then 2 x factor) and MLflow's jitter (up to 1 s per retry) between them. MLflow's default (7 retries, 120 s timeouts) takes
     minutes."""
     per_request = lost_after_s / 2
-    retries, factor, jitter = 2, 1, 1.0
-    backoff = factor * (2 ** retries - 2) + retries * jitter
-    timeout = max(1, int((per_request - backoff) / (retries + 1)))
+    factor, jitter = 1, 1.0
+    for retries in (2, 1, 0):  # fewer retries when the budget cannot hold three attempts of 1 s
+        backoff = factor * max(0, 2 ** retries - 2) + retries * jitter
+        timeout = int((per_request - backoff) / (retries + 1))
+        if timeout >= 1:
+            break
+    timeout = max(1, timeout)
     return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(factor),
             "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(jitter), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
 
