@@ -15,7 +15,7 @@ def params(cfg, name):
 
 def test_filter_parameter_by_filter_name():
     cfg = load_config(SAMPLE, ["filters.min_rating.threshold=4"])
-    assert params(cfg, "min_rating") == {"threshold": 4.0, "aggregate": "mean"}
+    assert params(cfg, "min_rating") == {"threshold": 4.0, "aggregate": "mean", "scale": "raw"}
     assert [f.name for f in cfg.filters.filters] == [f.name for f in load_config(SAMPLE).filters.filters]
 
 

@@ -245,3 +245,25 @@ def test_parquet_with_nan_ratings_and_int_ids(tmp_path):
     pq.write_table(table, tmp_path / "p.parquet")
     ledger, kept, _ = run(tmp_path, tmp_path / "p.parquet", src={"annotation_map": {"ratings": "score"}})
     assert ledger.kept == 2 and [r["annotations"][0]["rating"] for r in kept] == [None, 4.0]
+
+
+def test_min_rating_on_the_normalized_scale_across_sources(tmp_path):
+    """Two real sources, rated 1-5 and 0-100: one normalized threshold judges both alike."""
+    from schemas.filters import FilterSpec
+    from tasks.filters import FilterBatch, build_chain
+
+    for name, ratings in (("five", [2, 4, 5]), ("hundred", [30, 75, 100])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(
+            {"messages": CHAT, "annotations": [{"annotator_id": "a", "rating": r}]}) + "\n" for r in ratings))
+    srcs = [{"name": "five", "path": str(tmp_path / "five.jsonl"), "rating_scale": [1, 5]},
+            {"name": "hundred", "path": str(tmp_path / "hundred.jsonl"), "rating_scale": [0, 100]},
+            {"name": "plain", "path": str(tmp_path / "five.jsonl")}]
+    ingest(IngestConfig(sources=srcs), tmp_path / "out")
+    table = read_table(tmp_path / "out" / "data")
+    ((_, fn),) = build_chain([FilterSpec(name="min_rating", params={"threshold": 0.7, "scale": "normalized"})])
+    result = fn(FilterBatch(table))
+    kept = [(s, a[0]["rating"]) for s, a, k in zip(table["source"].to_pylist(), table["annotations"].to_pylist(),
+                                                   result.keep, strict=True) if k]
+    assert kept == [("five", 4.0), ("five", 5.0), ("hundred", 75.0), ("hundred", 100.0)]
+    reasons = {r for r, k in zip(result.reasons, result.keep, strict=True) if not k}
+    assert reasons == {"low_rating", "no_rating_scale"}
