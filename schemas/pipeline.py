@@ -60,7 +60,7 @@ def _list_index(node: list, part: str, where: str) -> int:
     if len(named) == 1:
         return named[0]
     names = [str(item.get("name")) for item in node if isinstance(item, dict) and "name" in item]
-    raise ConfigError(f"override {where}: no list item {part!r}" + (f" (items: {', '.join(names)})" if names else ""))
+    raise ConfigError(f"override {where}: no list item {part}" + (f" (items: {', '.join(names)})" if names else ""))
 
 
 def _default_section(path: list[str]) -> Any:

@@ -102,7 +102,7 @@ class RowConverter:
 
     Rows come file by file: ``begin_file``, ``add``..., then ``end_file`` or ``abort_file``. A shared part
     writes to its shards only between files, so aborting a file only drops rows held in memory; a part of
-    one file is discarded whole when that file aborts after a flush.
+    one file is discarded whole, with any shards it flushed.
     """
 
     def __init__(self, src: SourceConfig, cfg: IngestConfig, out: Path, prefix: str, preset: str | None,
@@ -152,12 +152,12 @@ class RowConverter:
         assert self._mark is not None, "abort_file without begin_file"
         n_rec, n_bad, n_in, kept, dropped, unmapped, buffered, no_fields, sizes = self._mark
         r = self.result
-        if self._flushed:  # only a part of one file flushes mid-file: discard the part whole
-            assert not self.shared and n_in == 0, "a shared part flushed inside a file"
+        if not self.shared:  # a part of one file: discard it whole, shards and all
             self.data.discard()
             self.rejects.discard()
             self._fresh(r.prefix, r.preset)
             return
+        assert not self._flushed, "a shared part flushed inside a file"
         for column in self.records.values():
             del column[n_rec:]
         for column in self.bad.values():
@@ -240,7 +240,7 @@ class RowConverter:
         key = content_key(messages)
         k = self.occurrences.get(key, 0)
         self.occurrences[key] = k + 1
-        if self._mark is not None:
+        if self.shared and self._mark is not None:  # a shared part may have to take this file back
             self._new_keys.append(key)
         return content_record_id(self.src.name, key, k), key, k, messages, annotations, meta
 

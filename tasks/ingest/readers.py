@@ -201,7 +201,7 @@ def iter_json_document(data: bytes, path: str, max_bytes: int) -> Iterator[Row]:
     # Undecodable bytes become lone surrogates: the values holding them are rejected one by one below.
     text = data.decode("utf-8", errors="surrogateescape")
     decoder = json.JSONDecoder()
-    pos, line, counted, element = _skip_ws(text, 0), 1, 0, 0
+    pos, line, counted, element, counted_values = _skip_ws(text, 0), 1, 0, 0, 0
     while pos < len(text):
         line += text.count("\n", counted, pos)
         counted = pos
@@ -232,11 +232,14 @@ def iter_json_document(data: bytes, path: str, max_bytes: int) -> Iterator[Row]:
             try:
                 value, end = decoder.raw_decode(text, pos)
             except (ValueError, RecursionError):
-                rest = text[text.rfind("\n", 0, pos) + 1:].encode("utf-8", errors="surrogateescape")
+                # Nothing parsed yet: the file only looked like a document, so all of it is JSON lines.
+                start = text.rfind("\n", 0, pos) + 1 if element or counted_values else 0
+                rest = text[start:].encode("utf-8", errors="surrogateescape")
                 yield from read_json_lines(io.BytesIO(rest), path, SourceStats(hasher=NoHash()), max_bytes,
-                                           first_line=line)
+                                           first_line=line if start else 1)
                 return
             yield _value_row(f"{path}:{line}", value, text, pos, end, max_bytes)
+            counted_values += 1
             pos = end
         pos = _skip_ws(text, pos)
 

@@ -27,7 +27,7 @@ def test_list_items_by_name_and_index():
 
 
 def test_unknown_filter_or_parameter_is_a_clear_error():
-    with pytest.raises(ConfigError, match="no list item 'decontaminate'.*min_rating"):
+    with pytest.raises(ConfigError, match="no list item decontaminate.*min_rating"):
         load_config(SAMPLE, ["filters.decontaminate.ngram=5"])
     with pytest.raises(ConfigError, match="threshhold"):
         load_config(SAMPLE, ["filters.min_rating.threshhold=4"])

@@ -69,15 +69,18 @@ def test_every_named_path_is_checked_and_named_by_its_key(tmp_path, web):
         {"name": "web_ok", "path": f"{web}/data.jsonl"},
         {"name": "web_404", "path": f"{web}/gone.jsonl"},
         {"name": "web_down", "path": f"http://127.0.0.1:{closed_port()}/x.jsonl"},
+        {"name": "hub", "path": "hf:nobody/not-in-the-cache"},  # the tests run with HF_HUB_OFFLINE=1
     ], filters=[{"name": "decontaminate", "params": {"sources": {"mmlu": str(tmp_path / "mmlu.jsonl")}}}],
         model={"name_or_path": str(tmp_path / "no-model")})
     problems = "\n".join(check_config_paths(cfg, timeout=2))
     for key in ("sources[2] (missing)", "sources[3] (noglob)", "sources[4] (saved)", "sources[5] (s3)",
-                "sources[7] (web_404)", "sources[8] (web_down)", "params.sources.mmlu", "model.name_or_path"):
+                "sources[7] (web_404)", "sources[8] (web_down)", "sources[9] (hub)", "params.sources.mmlu",
+                "model.name_or_path"):
         assert key in problems, (key, problems)
     for key in ("(ok)", "(glob)", "(web_ok)"):
         assert key not in problems
     assert "s3fs" in problems and "HTTP 404" in problems and "mmlu.jsonl does not exist" in problems
+    assert "offline (HF_HUB_OFFLINE) and not in the local cache" in problems
     with pytest.raises(recovery.PreflightError, match="preflight failed") as err:
         recovery.preflight(cfg, check_servers=False)
     assert "params.sources.mmlu" in str(err.value)  # found before ingest and dedup run
