@@ -61,10 +61,14 @@ def start_temporary_server(log_dir: Path, timeout: float = 120.0) -> TemporarySe
     if not sys.platform.startswith("linux") or spec is None or spec.origin is None:
         return None
     port = _free_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"prefect-server-{os.getpid()}.log"
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-    with open(log, "ab") as out:
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(log, "ab")  # noqa: SIM115 - handed to the child, closed right after
+    except OSError:  # the workdir is checked by preflight; its log is a nicety
+        return None
+    with out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
