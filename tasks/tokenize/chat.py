@@ -45,6 +45,13 @@ TEMPLATE_REASONS = ("template_error", "template_dropped_content", "template_repe
                     "template_rewrites_content", "template_drops_reasoning", "mask_mismatch")
 
 
+NO_MASK = "the template marks no assistant tokens"
+
+
+class EmptyMasksError(ValueError):
+    """A whole batch would train on nothing because of what the template does."""
+
+
 class MaskReject(ValueError):
     """A record that cannot be masked right; ``reason`` is its ledger key."""
 
@@ -124,13 +131,18 @@ def _note_layout(lay, turns: list[Turn], trained: set[int], cfg: TokenizeConfig,
         seen.add(f"{turns[i].role}_moved")
 
 
-def _reasoning_start(text: str, lay, r_start: int) -> int:
-    """Where a trained reasoning trace starts: at the '<think>' the template opens it with, if that tag is
-    the last thing of the markup before it (the model writes the tag at inference), else at the trace."""
-    lo = max([e for s, e in lay.slots.values() if e <= r_start], default=0)
-    markup = text[lo:r_start]
-    k = markup.rfind(THINK_OPEN)
-    return lo + k if k >= 0 and not markup[k + len(THINK_OPEN):].strip() else r_start
+# Think tags the template writes right before a reply (Qwen3's "<think>\n…</think>\n\n" block, an inline
+# trace's "<think>") belong to the reply: at inference the model writes them after the generation prompt.
+_THINK_TAIL = re.compile(r"(?:\s*(?:<think>|</think>))+\s*\Z")
+
+
+def _turn_start(text: str, lay, first: int) -> int:
+    """Where a trained turn starts: at the think tags directly before its first slot, else at the slot."""
+    lo = max([e for _, e in lay.slots.values() if e <= first], default=0)
+    m = _THINK_TAIL.search(text, lo, first)
+    if m is None:
+        return first
+    return m.start() + len(m.group()) - len(m.group().lstrip())
 
 
 def _after_generation_prompt(tok, info: TemplateInfo, turns: list[Turn], i: int, text: str,
@@ -158,12 +170,12 @@ def _spans(tok, info: TemplateInfo, turns: list[Turn], lay, trained: set[int], s
     for i in sorted(trained):
         t = turns[i]
         start, end = lay.slots[(i, "content")]
-        if t.reasoning is not None:
-            r = lay.slots.get((i, "reasoning"))
-            if r is not None:
-                start = _reasoning_start(text, lay, r[0])
-            elif i == last:
-                text, start, end, keep = _after_generation_prompt(tok, info, turns, i, text, (start, end))
+        r = lay.slots.get((i, "reasoning")) if t.reasoning is not None else None
+        start = _turn_start(text, lay, r[0] if r else start)
+        if t.reasoning is not None and r is None:
+            if i == last:
+                content = lay.slots[(i, "content")]
+                text, start, end, keep = _after_generation_prompt(tok, info, turns, i, text, content)
                 if spans and spans[-1][1] > keep:
                     raise MaskReject("template_drops_reasoning", "the generation prompt rewrites an earlier reply")
                 seen.add("final_reasoning_after_generation_prompt")
@@ -256,8 +268,8 @@ def encode_chat(tok, messages: list[dict], cfg: TokenizeConfig | None = None) ->
 def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig) -> EncodedBatch:
     """Template, mask, verify and length-police one batch; every record becomes sequences or a Reject.
 
-    Raises ValueError when the template marks no loss token in any record of the batch: that is a template
-    problem, and training on nothing must not start."""
+    Raises EmptyMasksError when no record of the batch that reached the template has a loss token, for
+    template reasons, beyond ``max_template_reject_share``: training on nothing must not start."""
     out = EncodedBatch()
     info = probe(tok)
     control_re = control_pattern(tok, cfg)
@@ -273,9 +285,10 @@ def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig) -> 
         except Exception as exc:  # noqa: BLE001  (any template error becomes this record's reject)
             out.rejects.append(Reject(j, "template_error", f"{type(exc).__name__}: {exc}"[:500]))
         out.behaviours.update(seen)
+    templated = len(todo) + sum(r.reason in TEMPLATE_REASONS for r in out.rejects)  # records the template saw
     flat = [p for _, planned in todo for p in planned]
     encoded = iter(tokenize_texts(tok, [p.text for p in flat]) if flat else [])
-    limit, masked, empty = cfg.max_seq_len, 0, 0
+    limit = cfg.max_seq_len
     for j, planned in todo:
         seqs, reject = [], None
         for p in planned:
@@ -288,8 +301,6 @@ def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig) -> 
             except MaskReject as exc:
                 reject = Reject(j, exc.reason, exc.detail, n)
                 continue
-            masked += 1
-            empty += not (labels != IGNORE_INDEX).any()
             if n == 0:
                 reject = Reject(j, "empty_after_template", "the template rendered no tokens", 0)
             elif n > limit and cfg.overlong == "drop":
@@ -298,7 +309,7 @@ def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig) -> 
                 cut = n > limit
                 input_ids, labels = input_ids[:limit], labels[:limit]
                 if not (labels != IGNORE_INDEX).any():
-                    why = "truncation cut every assistant token" if cut else "the template marks no assistant tokens"
+                    why = "truncation cut every assistant token" if cut else NO_MASK
                     reject = Reject(j, "no_loss_tokens", why, n)
                 else:
                     seqs.append((TokenizedSeq(ids[j], input_ids, labels), cut))
@@ -307,10 +318,14 @@ def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig) -> 
             continue
         out.truncated += any(cut for _, cut in seqs)
         out.seqs.extend(s for s, _ in seqs)
-    if masked and empty == masked and cfg.train_on == "assistant":
-        raise ValueError(f"tokenize: the chat template marks no loss token in any of the {masked} sequences of a "
-                         f"batch (first record {ids[todo[0][0]]!r}); check it with `peftpipe masks`")
     out.rejects.sort(key=lambda r: r.index)
+    lost = [r for r in out.rejects if r.reason in TEMPLATE_REASONS or r.detail == NO_MASK]
+    if (cfg.train_on == "assistant" and templated and not out.seqs and len(lost) == templated
+            and len(lost) > cfg.max_template_reject_share * len(messages)):
+        reasons = Counter(r.reason for r in lost)
+        raise EmptyMasksError(f"tokenize: the chat template gives no loss token to any of the {templated} records "
+                              f"of a batch {dict(reasons)}; first ({ids[lost[0].index]!r}): {lost[0].detail}. "
+                              "See them with `peftpipe masks`.")
     return out
 
 

@@ -31,6 +31,7 @@ class Family:
     system: str = "kept"  # "kept" | "raises" | "dropped"
     reasoning: str = "none"  # "none": <think> is text; "field": reads reasoning_content; "dropped": never renders it
     final_eot: bool = True  # emits an end-of-turn token after the last reply
+    final_think: str = ""  # what the template writes before the last reply when it has no reasoning
     eot: str = ""
     markup_words: tuple[str, ...] = field(default=())  # words of the template's own markup
 
@@ -50,7 +51,7 @@ FAMILIES = [
            markup_words=("Qwen", "Alibaba", "Cloud", "helpful", "assistant", "You are", "im_start")),
     Family("qwen3", (TRL, "trl/chat_templates/qwen3.jinja", "f44cf20bd8c9e43954c7e2f72b01e8070fbc38d1"),
            "Qwen/Qwen3-8B", None, "<|im_end|>", ("<|im_start|>", "<|endoftext|>"), added=("<think>", "</think>"),
-           reasoning="field", eot="<|im_end|>", markup_words=("assistant", "think", "user", "\n\n")),
+           reasoning="field", eot="<|im_end|>", final_think="<think>\n\n</think>\n\n", markup_words=("assistant", "think", "user", "\n\n")),
     Family("mistral_nemo", ("ye-NX/llama.cpp", "models/templates/mistralai-Mistral-Nemo-Instruct-2407.jinja",
                             "b354d7c9ecb76c97c07098617cdebbdfffa2583e"),
            "mistralai/Mistral-Nemo-Instruct-2407", "<s>", "</s>", ("[INST]", "[/INST]"), system="dropped",
