@@ -49,13 +49,14 @@ class TemplateRejectError(ValueError):
     """More records than ``tokenize.max_template_reject_share`` allows were rejected for template reasons."""
 
 
-def template_report(name: str, n_in: int, dropped: Counter, behaviours: Counter,
+def template_report(name: str, digest: str, n_in: int, dropped: Counter, behaviours: Counter,
                     first_detail: dict[str, str]) -> dict:
     """The ledger's ``template`` entry: records per behaviour, per template reject reason, and their share."""
     rejected = {r: dropped[r] for r in TEMPLATE_REJECTS if dropped.get(r)}
     total = sum(rejected.values())
     return {
         "template": name,
+        "template_sha256": digest,
         "records": n_in,
         "behaviours": {k: v for k, v in sorted(behaviours.items()) if v},
         "rejected": rejected,

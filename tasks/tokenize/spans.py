@@ -18,6 +18,7 @@ reasoning of earlier turns), twice means repeated, out of message order means mo
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -65,7 +66,8 @@ def to_turn(message: dict, strip_reasoning: bool) -> Turn:
 class TemplateInfo:
     """What a template does, learnt once from probe renders."""
 
-    name: str
+    name: str  # the tokenizer's name or path
+    digest: str  # sha256 of the template text, first 12 hex digits: which template, exactly
     reasoning_field: bool  # reads message.reasoning_content (Qwen3) rather than inline <think> text
     end_of_turn: tuple[str, ...]  # control tokens the template emits right after an assistant reply
     final_end_of_turn: bool  # ... also after the last reply (vLLM's ChatML example emits none there)
@@ -160,7 +162,8 @@ def _probe(tok) -> TemplateInfo:
         ends.append(token if token != opener else None)
     eot = tuple(dict.fromkeys(t for t in ends if t))
     name = getattr(tok, "name_or_path", "") or "tokenizer"
-    return TemplateInfo(name=name, reasoning_field=sr1 in text or sr2 in text, end_of_turn=eot,
+    digest = hashlib.sha256(tok.get_chat_template().encode()).hexdigest()[:12]
+    return TemplateInfo(name=name, digest=digest, reasoning_field=sr1 in text or sr2 in text, end_of_turn=eot,
                         final_end_of_turn=ends[1] is not None)
 
 

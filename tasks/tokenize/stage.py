@@ -183,7 +183,8 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
     for s in stats.values():
         ledger.dropped.update(s.dropped)
     behaviours = sum((s.behaviours for s in stats.values()), Counter())
-    report = template_report(probe(tok).name, ledger.n_in, ledger.dropped, behaviours,
+    info = probe(tok)
+    report = template_report(info.name, info.digest, ledger.n_in, ledger.dropped, behaviours,
                              {**ev.first_detail, **tr.first_detail})
     check_template_share(report, cfg.max_template_reject_share)
     if tr.records and not tr.kept:  # training on nothing would fail later, far from the cause
