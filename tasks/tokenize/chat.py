@@ -265,8 +265,10 @@ def encode_chat(tok, messages: list[dict], cfg: TokenizeConfig | None = None) ->
     return seqs[0]
 
 
-def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig) -> EncodedBatch:
+def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig, method: str | None = None
+                   ) -> EncodedBatch:
     """Template, mask, verify and length-police one batch; every record becomes sequences or a Reject.
+    ``method`` (mask_method's result) is accepted for older callers; ``cfg.train_on`` decides.
 
     Raises EmptyMasksError when no record of the batch that reached the template has a loss token, for
     template reasons, beyond ``max_template_reject_share``: training on nothing must not start."""
