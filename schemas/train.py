@@ -37,6 +37,14 @@ class AdapterConfig(StrictModel):
                                "model's dtype (less memory traffic).")
 
 
+# Train settings that change only how fast (or how safely) the same steps run, never the steps themselves:
+# they stay out of the adapter's cache key, so changing them reuses or resumes a trained adapter. The
+# recipe's equivalence tests hold the loss and layout options to that promise. ``num_processes`` is here
+# because the key takes the resolved number of ranks instead (see tasks.train.recipe.adapter_key).
+SPEED_ONLY = ("save_every", "keep_checkpoints", "gradient_checkpointing", "checkpoint_layers", "batch_layout",
+              "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes")
+
+
 class TrainConfig(StrictModel):
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     micro_batch_size: int = Field(4, ge=1, description="Rows per forward pass.")
@@ -88,6 +96,11 @@ class TrainConfig(StrictModel):
                                 "or 1 on CPU. Each optimizer step takes micro-batches from every rank.")
     seed: int = Field(0, description="Seed of weights init, data order and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+
+    def learning_settings(self) -> dict:
+        """The settings that change what is learned: the train config without ``SPEED_ONLY``, the part of the
+        adapter's cache key that comes from this section."""
+        return self.model_dump(mode="json", exclude=set(SPEED_ONLY))
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:

@@ -1,4 +1,5 @@
-"""Out-of-core near-duplicate search, as four named steps mapped over shards (as datatrove names them):
+"""Out-of-core near-duplicate search: three named steps mapped over shards, then clustering (as datatrove
+names them):
 
 1. ``sketch_unit``: per unit of input rows, shingle hashes and MinHash signatures; writes the LSH band keys,
    partitioned by key, the raw shingle hashes (for exact Jaccard) and a small meta table, all to disk.
@@ -6,7 +7,8 @@
    candidate pairs, written per verify block.
 3. ``verify_block``: per block of units, the exact Jaccard of each candidate pair; pairs at or above the
    threshold become edges.
-4. ``cluster_edges``: connected components (union-find) over the edges, then the keep rule per cluster.
+4. clustering, in one process (``tasks.dedup.steps.near_decisions`` calls ``tasks.dedup.cluster.decide``):
+   connected components (union-find) over the edges, then the keep rule per cluster.
 
 Memory: a unit holds ``unit_rows`` docs; a partition holds ~N*bands/partitions keys; a verify block holds the
 shingles of two unit groups. Partitions and groups are sized from ``DedupConfig.memory_mb``, so peak memory

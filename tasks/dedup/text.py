@@ -159,13 +159,3 @@ def shingle_hashes(normalized: pa.Array, shingle: str, ngram: int) -> Shingles:
     """Word or character n-gram hashes of a batch of normalized texts."""
     tokens, lengths = (word_token_hashes if shingle == "word" else char_token_hashes)(normalized)
     return _window_hash(tokens, lengths, ngram)
-
-
-def shingle_sets(sh: Shingles) -> Shingles:
-    """Each doc's distinct shingle hashes, sorted, for exact Jaccard checks."""
-    n = len(sh.offsets) - 1
-    doc = np.repeat(np.arange(n, dtype=np.uint64), np.diff(sh.offsets))
-    key = sorted_unique((doc << np.uint64(32)) | sh.hashes.astype(np.uint64))
-    owner = (key >> np.uint64(32)).astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=n))]).astype(np.int64)
-    return Shingles(hashes=(key & np.uint64(0xFFFFFFFF)).astype(np.uint32), offsets=offsets)

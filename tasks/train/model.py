@@ -15,13 +15,12 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
-from tasks.core.stage import IO_RETRIES, StageOutput, digest, publish_dir
+from tasks.core.stage import IO_RETRIES, StageOutput, code_version, digest, publish_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 TINY = "tiny-llama"
-TINY_VERSION = "2"  # bump when the tiny architecture or its init changes
 TINY_SEED = 0
 
 
@@ -92,7 +91,7 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
         raise ValueError("model 'tiny-llama' trains its tokenizer on the corpus: pass corpus_dir")
     from tasks.tokenize.tokenizer import record_texts, train_sample_tokenizer
 
-    key = digest(TINY_VERSION, model_cfg, _corpus_digest(corpus_dir))
+    key = digest(code_version("tasks.train.model", "tasks.tokenize.tokenizer"), model_cfg, _corpus_digest(corpus_dir))
     final = Path(workdir) / "models" / f"{TINY}-{key}"
     if _tiny_complete(final):
         return str(final)
