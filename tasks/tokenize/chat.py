@@ -24,7 +24,6 @@ import numpy as np
 from schemas.tokenize import IGNORE_INDEX, TokenizeConfig
 from tasks.tokenize.packing import TokenizedSeq
 from tasks.tokenize.spans import (
-    THINK_CLOSE,
     THINK_OPEN,
     TemplateInfo,
     TemplateRewrite,

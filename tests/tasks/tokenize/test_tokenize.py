@@ -13,10 +13,10 @@ from schemas.tokenize import IGNORE_INDEX, TOKENIZED_SCHEMA, TokenizeConfig
 from tasks.core.stage import ShardWriter, StageOutput, read_ledger, read_table
 from tasks.tokenize import encode_chat
 from tasks.tokenize.chat import encode_records, mask_method
-from tasks.tokenize.verify import spans_to_mask
 from tasks.tokenize.packing import collate
 from tasks.tokenize.stage import read_rows, tokenize_splits, tokenize_task
 from tasks.tokenize.tokenizer import CHAT_TEMPLATE, load_tokenizer, train_sample_tokenizer
+from tasks.tokenize.verify import spans_to_mask
 
 WORDS = ("the model learns to answer questions about data pipelines and adapters while the user asks "
          "short and long questions 🙂 ünïcode too").split()
