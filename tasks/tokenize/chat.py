@@ -168,6 +168,8 @@ def _spans(tok, info: TemplateInfo, turns: list[Turn], lay, trained: set[int], s
     text, spans, last = lay.text, [], len(turns) - 1
     for i in sorted(trained):
         t = turns[i]
+        if (i, "content") not in lay.slots:
+            raise MaskReject("template_dropped_content", f"the template drops assistant message {i}")
         start, end = lay.slots[(i, "content")]
         r = lay.slots.get((i, "reasoning")) if t.reasoning is not None else None
         start = _turn_start(text, lay, r[0] if r else start)

@@ -98,7 +98,7 @@ def test_a_loss_token_across_the_markup_is_a_counted_mismatch():
                                                    chat(("user", "hi"), ("assistant", "zq"))],
                          TokenizeConfig(max_template_reject_share=1.0))
     reasons = {r.index: (r.reason, r.detail) for r in enc.rejects}
-    assert reasons[0][0] == "mask_mismatch" and "outside every reply" in reasons[0][1]
+    assert reasons[0][0] == "mask_mismatch" and "reaches past the reply" in reasons[0][1] and "'t:' before" in reasons[0][1]
     assert [s.record_id for s in enc.seqs] == ["fine"]
 
 
