@@ -119,3 +119,23 @@ def test_peftpipe_masks_prints_loss_tokens(mistral_dir, tmp_path, capsys):
                  "--tokens"]) == 0
     table = capsys.readouterr().out
     assert "'</s>'" in table and " * " in table
+
+
+def test_the_stage_honours_message_weights(tmp_path):
+    # Ingest keeps the ShareGPT/axolotl per-message weight (issue 15); weight 0 means no loss on that turn.
+    from tasks.tokenize.stage import read_rows
+
+    tok_dir = tmp_path / "tok"
+    family_tokenizer("llama3").save_pretrained(tok_dir)
+    message = pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.float64())])
+    schema = pa.schema([f if f.name != "messages" else pa.field("messages", pa.list_(message)) for f in RECORD_SCHEMA])
+    conv = [{"role": "user", "content": "q1", "weight": None}, {"role": "assistant", "content": "skip me", "weight": 0.0},
+            {"role": "user", "content": "q2", "weight": None}, {"role": "assistant", "content": "learn me", "weight": 1.0}]
+    for name in ("train", "eval"):
+        rows = [{"id": name, "source": "s", "messages": conv, "annotations": [], "meta": "{}"}]
+        with ShardWriter(tmp_path / "split" / name, schema) as w:
+            w.write(pa.Table.from_pylist(rows, schema=schema))
+    tokenize_splits(tmp_path / "split", str(tok_dir), TokenizeConfig(max_seq_len=64), tmp_path / "out")
+    (row,) = read_rows(tmp_path / "out" / "train")
+    tok = family_tokenizer("llama3")
+    assert tok.decode(row["input_ids"][row["labels"] != -100].tolist()) == "learn me<|eot_id|>"
