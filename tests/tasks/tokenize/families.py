@@ -1,6 +1,7 @@
 """Real chat templates as shipped with the models (``templates/*.jinja``), and small offline tokenizers for them.
 
-Each family's tokenizer is a byte-level BPE trained here on a tiny corpus, with the family's special tokens
+Each family's tokenizer is a byte-level BPE (or, for a second pass, a SentencePiece-style Unigram) trained
+here on a tiny corpus, with the family's special tokens
 added exactly as the model's tokenizer has them, its bos/eos, and the template file as its chat template: the
 rendered text is the model's, the token ids are not (no hub at test time).
 
@@ -89,35 +90,47 @@ CORPUS = ("the model learns to answer questions about data pipelines and adapter
 
 
 @cache
-def _base_bpe() -> str:
+def _base(kind: str) -> str:
+    """A byte-level BPE (GPT-2/Llama-3/Qwen style) or a SentencePiece-style Unigram with Metaspace (Gemma,
+    Mistral, Llama-2 style), trained on the tiny corpus, as JSON."""
     import numpy as np
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     rng = np.random.default_rng(0)
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=500, min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([" ".join(rng.choice(CORPUS, 25)) for _ in range(300)], trainer=trainer)
-    return bpe.to_str()
+    texts = [" ".join(rng.choice(CORPUS, 25)) + " <think>\n\n</think>\n 2+2? It is 4. Pick: [or] ,.!" for _ in range(300)]
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(vocab_size=500, min_frequency=2, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=["<unk>"], unk_token="<unk>",
+                                          show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok.to_str()
 
 
 @cache
-def family_tokenizer(name: str):
-    """A fast tokenizer with ``name``'s special tokens and shipped chat template."""
+def family_tokenizer(name: str, kind: str = "bpe"):
+    """A fast tokenizer with ``name``'s special tokens and shipped chat template; ``kind`` "bpe" (byte-level)
+    or "unigram" (SentencePiece-style Metaspace)."""
     from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     fam = BY_NAME[name]
-    bpe = Tokenizer.from_str(_base_bpe())
+    bpe = Tokenizer.from_str(_base(kind))
     specials = [t for t in (fam.bos, fam.eos, *fam.special) if t]
     bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     if fam.added:
         bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in fam.added])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=fam.bos, eos_token=fam.eos,
-                                  pad_token=fam.eos, clean_up_tokenization_spaces=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=fam.bos, eos_token=fam.eos, pad_token=fam.eos,
+                                  unk_token="<unk>" if kind == "unigram" else None,
+                                  clean_up_tokenization_spaces=False)
     tok.chat_template = (TEMPLATES / f"{name}.jinja").read_text()
     tok.name_or_path = fam.model
     return tok

@@ -30,9 +30,9 @@ def loss_runs(tok, ids: np.ndarray, labels: np.ndarray) -> list[tuple[int, int]]
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def expect_masks(name: str, conv: list[dict], cfg: TokenizeConfig | None = None) -> None:
+def expect_masks(name: str, conv: list[dict], cfg: TokenizeConfig | None = None, kind: str = "bpe") -> None:
     """The encoder's labels against the oracle: one loss run per assistant turn, at the right place."""
-    fam, tok = BY_NAME[name], family_tokenizer(name)
+    fam, tok = BY_NAME[name], family_tokenizer(name, kind)
     ids, labels = encode_chat(tok, conv, cfg or TokenizeConfig())
     text = render(tok, [conv])[0]
     enc = tok.backend_tokenizer.encode(text, add_special_tokens=False)
@@ -50,26 +50,29 @@ def expect_masks(name: str, conv: list[dict], cfg: TokenizeConfig | None = None)
         eot = fam.eot if (not last or fam.final_eot) else ""
         reply = (fam.final_think if last else "") + reply  # Qwen3's empty think block: the model writes it
         assert offsets[a][0] == start, (name, i, text[start:start + 20], text[offsets[a][0]:offsets[a][0] + 20])
-        assert tok.decode(ids[a:b].tolist()) == reply + eot, name
+        if kind == "bpe":  # Metaspace decoders rewrite spaces; the positions below hold for both
+            assert tok.decode(ids[a:b].tolist()) == reply + eot, name
         assert text[offsets[a][0]:offsets[b - 1][1]] == reply + eot
 
 
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
 @pytest.mark.parametrize("name", NAMES)
-def test_multi_turn(name):
-    expect_masks(name, chat(("user", "What is LoRA?"), ("assistant", "A low-rank adapter."),
+def test_multi_turn(name, kind):
+    expect_masks(name, kind=kind, conv=chat(("user", "What is LoRA?"), ("assistant", "A low-rank adapter."),
                             ("user", "And QLoRA?"), ("assistant", "LoRA on 4-bit weights."),
                             ("user", "Thanks"), ("assistant", "You are welcome")))
 
 
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
 @pytest.mark.parametrize("name", NAMES)
-def test_replies_equal_to_words_of_the_markup(name):
+def test_replies_equal_to_words_of_the_markup(name, kind):
     # A one-letter answer, a role word, a piece of a special token's text: all occur in the markup first.
     words = ["A", "B", "assistant", "user", "model", "system", "end", *BY_NAME[name].markup_words]
     for word in dict.fromkeys(words):
         if not word.strip():
             continue  # whitespace-only replies carry nothing to train on and are rejected before rendering
-        expect_masks(name, chat(("user", f"Pick one: {word} or not"), ("assistant", word),
-                                ("user", word), ("assistant", word)))
+        expect_masks(name, kind=kind, conv=chat(("user", f"Pick one: {word} or not"), ("assistant", word),
+                                                ("user", word), ("assistant", word)))
 
 
 @pytest.mark.parametrize("name", NAMES)
