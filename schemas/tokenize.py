@@ -18,7 +18,9 @@ class TokenizeConfig(StrictModel):
     pack_eval: bool = Field(True, description="Pack the eval split too (always apart from train).")
     chat_template: str | None = Field(None, description="Jinja chat template used when the tokenizer has none.")
     reject_control_tokens: bool = Field(True, description="Reject records whose text spells a special token "
-                                                          "(e.g. '<|eot_id|>'), which would fake turn boundaries.")
+                                                          "(e.g. '<|eot_id|>'), which would fake turn boundaries; "
+                                                          "the <think> tags around a reasoning trace are layout, "
+                                                          "not text, and pass.")
     reasoning: Literal["last", "all", "strip"] = Field(
         "last", description="Reasoning traces of assistant turns (inline '<think>…</think>' or a "
         "reasoning_content field). 'last': the final reply keeps its reasoning and trains on it, rendered as "
