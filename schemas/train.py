@@ -1,7 +1,7 @@
 """Config of the base model, the LoRA/QLoRA adapter and the training loop."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -37,15 +37,14 @@ class AdapterConfig(StrictModel):
                                "model's dtype (less memory traffic).")
 
 
-# Train settings that change only how fast (or how safely) the same steps run, never the steps themselves:
-# they stay out of the adapter's cache key, so changing them reuses or resumes a trained adapter. The
-# recipe's equivalence tests hold the loss and layout options to that promise. ``num_processes`` is here
-# because the key takes the resolved number of ranks instead (see tasks.train.recipe.adapter_key).
-SPEED_ONLY = ("save_every", "keep_checkpoints", "gradient_checkpointing", "checkpoint_layers", "batch_layout",
-              "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes")
-
-
 class TrainConfig(StrictModel):
+    # Change only how fast (or how safely) the same steps run, never the steps themselves; the recipe's
+    # equivalence tests hold the loss and layout options to that promise. ``num_processes`` is here because
+    # the adapter key takes the resolved number of ranks instead (see tasks.train.recipe.adapter_key).
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = (
+        "save_every", "keep_checkpoints", "gradient_checkpointing", "checkpoint_layers", "batch_layout",
+        "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes")
+
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     micro_batch_size: int = Field(4, ge=1, description="Rows per forward pass.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (when tokens_per_step is unset).")
@@ -96,11 +95,6 @@ class TrainConfig(StrictModel):
                                 "or 1 on CPU. Each optimizer step takes micro-batches from every rank.")
     seed: int = Field(0, description="Seed of weights init, data order and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
-
-    def learning_settings(self) -> dict:
-        """The settings that change what is learned: the train config without ``SPEED_ONLY``, the part of the
-        adapter's cache key that comes from this section."""
-        return self.model_dump(mode="json", exclude=set(SPEED_ONLY))
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.dedup import DedupConfig
+from tasks.core.records import record_text
 from tasks.dedup.minhash import (
     band_keys,
     choose_bands_rows,
@@ -38,7 +39,7 @@ from tasks.dedup.minhash import (
     signature_jaccard,
     signatures,
 )
-from tasks.dedup.text import Shingles, compared_text, fmix64, normalize, shingle_hashes, sorted_unique
+from tasks.dedup.text import Shingles, fmix64, normalize, shingle_hashes, sorted_unique
 
 Mapper = Callable[[Callable[..., Any], list], list]
 # Buckets up to this size give all their pairs; larger ones (templates copied many times) a star plus a chain,
@@ -195,7 +196,7 @@ def run_span(span: list[Unit], step: Callable[..., Any], columns: list[str] | No
 def unit_texts(table: pa.Table, plan: Plan) -> pa.Array:
     """The compared text of each row: chosen turns of a record, or a plain text column."""
     if plan.text_field is None:
-        return compared_text(table.column("messages"), plan.cfg.text)
+        return record_text(table.column("messages"), plan.cfg.text)
     col = table.column(plan.text_field).combine_chunks()
     if col.type != pa.string():
         col = col.cast(pa.string())

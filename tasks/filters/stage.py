@@ -7,14 +7,14 @@ from schemas.pipeline import PipelineConfig
 from tasks.core.publication import Publication
 from tasks.core.stage import StageOutput, code_version, digest, run_stage
 from tasks.filters.apply import STAGE, apply_filters
-from tasks.filters.decontam import source_fingerprint
+from tasks.filters.decontam import eval_sets_fingerprint
 from tasks.filters.report import publish_prefect_artifacts, report_publication
 
 
 def filter_key(upstream_key: str, cfg: PipelineConfig) -> str:
     """The stage's cache key; eval files for decontamination add their size and mtime, so editing one reruns."""
-    evals = [source_fingerprint(s.parsed()) for s in cfg.filters.filters if s.name == "decontaminate"]
-    return digest(STAGE, code_version("tasks.filters", "tasks.core.stage"), cfg.filters, upstream_key, *([evals] if evals else []))
+    evals = [eval_sets_fingerprint(s.parsed()) for s in cfg.filters.filters if s.name == "decontaminate"]
+    return digest(STAGE, code_version("tasks.filters", "tasks.core.stage"), cfg.filters.cache_settings(), upstream_key, *([evals] if evals else []))
 
 
 @task(name="filter")

@@ -19,6 +19,7 @@ from prefect import task
 
 from schemas.record import RECORD_SCHEMA, REJECT_SCHEMA
 from schemas.sweep import SweepConfig
+from tasks.core.records import record_text
 from tasks.core.stage import (
     Ledger,
     ShardWriter,
@@ -36,8 +37,8 @@ STAGE = "shared_eval_split"
 
 
 def record_texts(table: pa.Table) -> list[str]:
-    """Every message's content of each record, one text per record (what the leak check compares)."""
-    return ["\n".join(m["content"] or "" for m in msgs or []) for msgs in table["messages"].to_pylist()]
+    """Every turn of each record ("all" of schemas.record.TEXT_ROLES): what the leak check compares."""
+    return record_text(table.column("messages"), "all").to_pylist()
 
 
 def eval_index(eval_dir: Path, ngram: int, writer: ShardWriter | None = None) -> tuple[set[str], np.ndarray]:

@@ -205,7 +205,7 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
 def tokenize_task(split: StageOutput, tokenizer_dir: str, cfg: PipelineConfig) -> StageOutput:
     """Prefect wrapper; the key covers the tokenizer's files, so a retrained tokenizer re-tokenizes, and leaves
     out ``num_proc``, which changes the speed, never the rows."""
-    settings = cfg.tokenize.model_dump(mode="json", exclude={"num_proc"})
+    settings = cfg.tokenize.cache_settings()
     key = digest(STAGE, code_version("tasks.tokenize", "tasks.core.stage"), settings, split.key, tokenizer_digest(tokenizer_dir, cfg.model.revision))
     return run_stage(cfg.workdir, STAGE, key, lambda tmp: tokenize_splits(
         split.path, tokenizer_dir, cfg.tokenize, tmp, cfg.model.revision, cfg.model.trust_remote_code))

@@ -266,11 +266,11 @@ def with_progress_artifact(log: MetricsFn | None, max_steps: int) -> MetricsFn |
 
 def adapter_key(tokenized: StageOutput, base: str, cfg: PipelineConfig, nproc: int = 1) -> str:
     """The trained adapter's cache key: data, base, model and adapter settings, and the train settings that
-    change what is learned (``TrainConfig.learning_settings``). Ranks count only where they change the batch:
+    change what is learned (``TrainConfig.cache_settings``). Ranks count only where they change the batch:
     without ``tokens_per_step`` each rank adds micro-batches to every step."""
     ranks = nproc if cfg.train.tokens_per_step is None else 1
     return digest("train", code_version("tasks.train"), tokenized.key, base, cfg.model, cfg.adapter,
-                  cfg.train.learning_settings(), ranks)
+                  cfg.train.cache_settings(), ranks)
 
 
 @task(name="train")
