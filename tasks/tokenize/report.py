@@ -29,19 +29,21 @@ BEHAVIOURS = {
 }
 
 # Rejects caused by the template: what it does, and the config key that changes the outcome.
+# The model's own template wins over tokenize.chat_template (used only when a tokenizer has none), so a
+# template problem is changed through the data, the tokenizer, or by accepting the loss.
+OTHER_TEMPLATE = "a tokenizer whose chat template does not (tokenize.chat_template applies only to tokenizers without one)"
 TEMPLATE_REJECTS = {
-    "template_error": ("raises an error while rendering the record",
-                       "tokenize.chat_template (a template that accepts these conversations)"),
+    "template_error": ("raises an error while rendering the record (Gemma 1/2's, for one, on a system message)",
+                       "the data (e.g. no system messages for that template), or " + OTHER_TEMPLATE),
     "template_dropped_content": ("drops the text of a message",
                                  "tokenize.on_dropped_content=keep (train without the dropped text)"),
-    "template_repeats_content": ("renders a reply more than once, so no single span is the reply",
-                                 "tokenize.chat_template"),
+    "template_repeats_content": ("renders a reply more than once, so no single span is the reply", OTHER_TEMPLATE),
     "template_rewrites_content": ("changes its markup around a reply depending on the reply's text",
-                                  "tokenize.chat_template"),
+                                  OTHER_TEMPLATE),
     "template_drops_reasoning": ("drops the final reply's reasoning, and its generation prompt does not "
                                  "continue the conversation", "tokenize.reasoning=strip"),
     "mask_mismatch": ("gives masks whose loss tokens are not exactly the replies (verification failed)",
-                      "tokenize.chat_template"),
+                      OTHER_TEMPLATE),
 }
 
 
