@@ -167,12 +167,12 @@ def _probe(tok) -> TemplateInfo:
                         final_end_of_turn=ends[1] is not None)
 
 
-_PROBED: dict[tuple[int, str], TemplateInfo] = {}
+_PROBED: dict[tuple[int, str, str], TemplateInfo] = {}
 
 
 def probe(tok) -> TemplateInfo:
     """How ``tok``'s chat template treats reasoning and ends a turn (cached per tokenizer and template)."""
-    key = (id(tok), tok.get_chat_template())
+    key = (id(tok), getattr(tok, "name_or_path", ""), tok.get_chat_template())
     if key not in _PROBED:
         _PROBED[key] = _probe(tok)
     return _PROBED[key]
