@@ -102,6 +102,19 @@ def test_a_loss_token_across_the_markup_is_a_counted_mismatch():
     assert [s.record_id for s in enc.seqs] == ["fine"]
 
 
+def test_the_ledger_counts_mask_mismatches(tmp_path):
+    merging_tokenizer().save_pretrained(tmp_path / "tok")
+    split = write_split(tmp_path / "split", [chat(("user", "hi"), ("assistant", "Yes")),
+                                             chat(("user", "hi"), ("assistant", "zq"))], [])
+    ledger = tokenize_splits(split, str(tmp_path / "tok"), TokenizeConfig(max_template_reject_share=0.5),
+                             tmp_path / "out")
+    ledger.check()
+    assert ledger.kept == 1 and ledger.dropped == {"mask_mismatch": 1}
+    assert ledger.extra["template"]["rejected"] == {"mask_mismatch": 1}
+    (rej,) = read_table(tmp_path / "out" / "rejects").to_pylist()
+    assert rej["id"] == "train0" and rej["reject_reason"] == "mask_mismatch" and "reaches past" in rej["reject_detail"]
+
+
 def test_peftpipe_masks_prints_loss_tokens(mistral_dir, tmp_path, capsys):
     from flows.cli import main
 
