@@ -123,13 +123,36 @@ def make_item(rng: random.Random, task: str, reserved: set, eval_side: bool) -> 
         while True:
             key = (rng.randint(1, 49), rng.randint(1, 49)) if task == "arithmetic" else \
                 (rng.randint(1, 99), rng.randrange(len(UNITS)))
+            seen_as = tuple(sorted(key)) if task == "arithmetic" else key  # 3 + 10 is 10 + 3
             if eval_side:
-                reserved.add(key)
+                reserved.add(seen_as)
                 break
-            if key not in reserved:
+            if seen_as not in reserved:
                 break
         return (arithmetic if task == "arithmetic" else unit_conversion)(rng, *key)
     return {"extraction": extraction, "list_format": list_format, "reverse": reverse}[task](rng)
+
+
+def solve(task: str, prompt: str) -> str:
+    """The right answer to a prompt of ``task``, worked out from the prompt alone: what makes an answer verifiable
+    (the tests check every clean record with it, and that every planted wrong answer fails it)."""
+    import re
+
+    if task == "arithmetic":
+        a, b = map(int, re.search(r"(\d+) (?:\+|and) (\d+)", prompt).groups())
+        return str(a + b)
+    if task == "unit_conversion":
+        x = int(re.search(r"\d+", prompt).group())
+        big, small, k = next(u for u in UNITS if re.search(rf"\d+ {u[0]}\b", prompt) and u[1] in prompt)
+        return f"{x * k} {small}"
+    if task == "extraction":
+        text, question = prompt.rsplit("\n", 1)
+        facts = dict(re.findall(r"(\w+) (?:lives in|moved to|works in|has a) (\w+)\.", text))
+        return facts[next(n for n in facts if re.search(rf"\b{n}\b", question))]
+    items = [w.strip() for w in prompt.rsplit(":", 1)[1].split(",")]
+    if task == "list_format":
+        return "\n".join(f"{i}. {w}" for i, w in enumerate(items, 1))
+    return ", ".join(reversed(items))
 
 
 # ---- annotations ----
