@@ -8,9 +8,10 @@ Templating, prompt masking and the length policy live in tasks.tokenize.chat; pa
 
 Model-call convention (training and evaluation must feed rows exactly like this; tests check it):
 
-    batch = collate(rows, pad_id=tokenizer.pad_token_id)      # tasks.tokenize.packing: input_ids, labels, position_ids
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                use_cache=False)                               # and NO attention_mask
+    rows = load_rows(split_dir)                              # tasks.train.data: targets shifted per sequence
+    batch = collate(rows[:4], "padded", pad_id=tokenizer.pad_token_id)
+    loss_sum = causal_lm_loss_sum(model, batch.input_ids, batch.position_ids, batch.targets, fused)
+                                                             # tasks.train.loss: the decoder, NO attention_mask
 
 With ``attention_mask=None`` and no cache, transformers 5 finds the position restarts and builds a
 block-diagonal causal mask (sdpa, eager; flash-attention-2 derives cu_seqlens from the same position_ids),
@@ -45,9 +46,6 @@ from tasks.core.stage import (
     with_reject_columns,
 )
 from tasks.tokenize.chat import EncodedBatch, encode_in_worker, encode_records, init_worker, mask_method
-from tasks.tokenize.packing import (
-    collate as collate,  # re-exported: the training code may import it from here
-)
 from tasks.tokenize.packing import pack_sequences, packing_efficiency, single_rows
 from tasks.tokenize.tokenizer import load_tokenizer, tokenizer_digest
 
@@ -196,13 +194,3 @@ def tokenize_task(split: StageOutput, tokenizer_dir: str, cfg: PipelineConfig) -
     return run_stage(cfg.workdir, STAGE, key, lambda tmp: tokenize_splits(
         split.path, tokenizer_dir, cfg.tokenize, tmp, cfg.model.revision, cfg.model.trust_remote_code))
 
-
-def read_rows(directory: Path) -> list[dict]:
-    """A tokenized split as row dicts of int32 numpy arrays, ready for ``tasks.tokenize.packing.collate``."""
-    rows: list[dict] = []
-    for batch in iter_batches(directory, columns=["input_ids", "labels", "position_ids", "num_tokens"]):
-        cols = {k: (batch.column(k).offsets.to_numpy(), batch.column(k).values.to_numpy(zero_copy_only=False))
-                for k in ("input_ids", "labels", "position_ids")}
-        for i in range(batch.num_rows):
-            rows.append({k: v[off[i]:off[i + 1]] for k, (off, v) in cols.items()})
-    return rows
