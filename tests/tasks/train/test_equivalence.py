@@ -1,7 +1,7 @@
 """The trainer's fast path computes what plain HF + peft compute (tiny Llama, fp32, CPU).
 
 Ours is the trainer's own code: the no-upcast load (``load_base_model``), ``add_adapter``, optionally
-``compile_layers``, rows packed and written in the tokenized layout, read by ``load_rows``, batched by the one
+``compile_layers`` (here with the aot_eager backend: the GPU bench checks inductor's kernels in bf16), rows packed and written in the tokenized layout, read by ``load_rows``, batched by the one
 ``collate`` and scored by ``causal_lm_loss_sum`` (plain and chunked). The reference is the stock recipe
 (bench/train/hf_stock_recipe.py): ``from_pretrained``, ``prepare_model_for_kbit_training`` for QLoRA,
 ``get_peft_model``, one record per row with an attention mask, ``model(..., labels=...).loss``.
@@ -72,8 +72,8 @@ def our_model(base_dir: str, method: str, compiled: bool):
     adapter = AdapterConfig(method=method, **ADAPTER)
     model = add_adapter(load_base_model(ModelConfig(name_or_path=base_dir, attn_implementation="sdpa"), adapter,
                                         "cpu"), adapter)
-    if compiled:
-        compile_layers(model)
+    if compiled:  # dynamo's capture and AOT autograd as in training; inductor's kernels: bench/train/gpu_equivalence.py
+        compile_layers(model, backend="aot_eager")
     return model.train()
 
 
