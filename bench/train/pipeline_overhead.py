@@ -20,12 +20,11 @@ sys.path.insert(0, str(ROOT))
 import mlflow  # noqa: E402
 import torch  # noqa: E402
 from prefect import flow  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from schemas.pipeline import PipelineConfig  # noqa: E402
-from schemas.train import ModelConfig  # noqa: E402
 from tasks.core.stage import StageOutput  # noqa: E402
 from tasks.tokenize.tokenizer import train_sample_tokenizer  # noqa: E402
-from tasks.train.model import build_tiny_llama  # noqa: E402
 from tasks.train.recipe import train_adapter, train_task  # noqa: E402
 from tasks.train.synthetic import markov_rows, write_split  # noqa: E402
 
@@ -57,8 +56,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = work / "base"
-        train_sample_tokenizer([f"text {i} for the benchmark tokenizer" for i in range(50)], base, 1024)
-        build_tiny_llama(base, base, ModelConfig(tiny_hidden_size=HIDDEN, tiny_layers=2))
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=HIDDEN, intermediate_size=3 * HIDDEN,
+                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                     tie_word_embeddings=False)).save_pretrained(base)
+        train_sample_tokenizer([f"text {i} for the benchmark tokenizer" for i in range(50)], base, 300)
         write_split(work / "tok" / "train", markov_rows(STEPS * MB, 1000, SEQ, seed=0))
         write_split(work / "tok" / "eval", markov_rows(MB, 1000, SEQ, seed=1))
         cfg = config(work, str(base), f"sqlite:///{work}/mlflow.db")
