@@ -1,8 +1,9 @@
 """The training recipe: LoRA/QLoRA on the tokenized split, top to bottom (setup, train, save), torchtune style.
 
 Setup loads the base (lean QLoRA path: no fp32 upcast), adds the adapter and optional per-layer activation
-checkpointing. With bf16 adapter weights the optimizer steps fp32 master copies (``tasks.train.master``). Each optimizer step accumulates micro-batches (a count or a token budget), averages the loss
-over the step's loss tokens, clips, steps AdamW and a warm-up + cosine schedule. Eval loss every N steps and at
+checkpointing; with bf16 adapter weights the optimizer steps fp32 master copies (``tasks.train.master``).
+Each optimizer step accumulates micro-batches (a count or a token budget), averages the loss over the step's
+loss tokens, clips, steps AdamW and a warm-up + cosine schedule. Eval loss every N steps and at
 the end, with optional early stopping. Checkpoints every N steps hold what a killed run needs to continue the
 same loss curve. With several processes (torchrun) gradients are summed across ranks before the step.
 """
