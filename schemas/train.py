@@ -1,7 +1,7 @@
 """Config of the base model, the LoRA/QLoRA adapter and the training loop."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -39,6 +39,13 @@ class AdapterConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    # Change only how fast (or how safely) the same steps run, never the steps themselves; the recipe's
+    # equivalence tests hold the loss and layout options to that promise. ``num_processes`` is here because
+    # the adapter key takes the resolved number of ranks instead (see tasks.train.recipe.adapter_key).
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = (
+        "save_every", "keep_checkpoints", "gradient_checkpointing", "checkpoint_layers", "batch_layout",
+        "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes")
+
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     micro_batch_size: int = Field(4, ge=1, description="Rows per forward pass.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (when tokens_per_step is unset).")

@@ -1,6 +1,6 @@
 """Training speed of peftpipe's recipe (tasks.train.recipe.train_adapter) on random-weight Llama shapes.
 
-Run it on the GPU machine right after bench/hf_stock_recipe.py in the same command: it reuses the stock
+Run it on the GPU machine right after bench/train/hf_stock_recipe.py in the same command: it reuses the stock
 recipe's /tmp/ckpt-<shape> checkpoints (building them the same way when missing), so both recipes train the
 same weights on the same shapes, and compare the two side by side.
   python bench/train/speed.py OUT_JSON CASE [CASE ...]
