@@ -234,8 +234,10 @@ def enable_checkpointing(model, layers: list[int] | None = None) -> int:
     return len(wanted)
 
 
-def compile_layers(model) -> int:
-    """Compile each decoder layer in place; identical layers share the compiled code, so it compiles once."""
+def compile_layers(model, backend: str = "inductor") -> int:
+    """Compile each decoder layer in place; identical layers share the compiled code, so it compiles once.
+    ``backend`` is torch.compile's: the CPU tests use "aot_eager" (the same graph capture and autograd, without
+    inductor's C++ build, which takes minutes on a 2-core machine)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -246,7 +248,7 @@ def compile_layers(model) -> int:
     name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"
     setattr(conf, name, max(getattr(conf, name), 64))
     for layer in layers:
-        layer.compile()
+        layer.compile(backend=backend)
     return len(layers)
 
 
