@@ -46,9 +46,6 @@ from tasks.core.stage import (
     with_reject_columns,
 )
 from tasks.tokenize.chat import EncodedBatch, encode_in_worker, encode_records, init_worker, mask_method
-from tasks.tokenize.packing import (
-    collate as collate,  # re-exported: the training code may import it from here
-)
 from tasks.tokenize.packing import pack_sequences, packing_efficiency, single_rows
 from tasks.tokenize.report import check_template_share, template_report
 from tasks.tokenize.spans import probe
@@ -210,13 +207,3 @@ def tokenize_task(split: StageOutput, tokenizer_dir: str, cfg: PipelineConfig) -
     return run_stage(cfg.workdir, STAGE, key, lambda tmp: tokenize_splits(
         split.path, tokenizer_dir, cfg.tokenize, tmp, cfg.model.revision, cfg.model.trust_remote_code))
 
-
-def read_rows(directory: Path) -> list[dict]:
-    """A tokenized split as row dicts of int32 numpy arrays, ready for ``tasks.tokenize.packing.collate``."""
-    rows: list[dict] = []
-    for batch in iter_batches(directory, columns=["input_ids", "labels", "position_ids", "num_tokens"]):
-        cols = {k: (batch.column(k).offsets.to_numpy(), batch.column(k).values.to_numpy(zero_copy_only=False))
-                for k in ("input_ids", "labels", "position_ids")}
-        for i in range(batch.num_rows):
-            rows.append({k: v[off[i]:off[i + 1]] for k, (off, v) in cols.items()})
-    return rows

@@ -13,10 +13,10 @@ from schemas.tokenize import IGNORE_INDEX, TOKENIZED_SCHEMA, TokenizeConfig
 from tasks.core.stage import ShardWriter, StageOutput, read_ledger, read_table
 from tasks.tokenize import encode_chat
 from tasks.tokenize.chat import encode_records, mask_method
-from tasks.tokenize.packing import collate
-from tasks.tokenize.stage import read_rows, tokenize_splits, tokenize_task
+from tasks.tokenize.stage import tokenize_splits, tokenize_task
 from tasks.tokenize.tokenizer import CHAT_TEMPLATE, load_tokenizer, train_sample_tokenizer
 from tasks.tokenize.verify import spans_to_mask
+from tasks.train.data import collate, load_rows
 
 WORDS = ("the model learns to answer questions about data pipelines and adapters while the user asks "
          "short and long questions 🙂 ünïcode too").split()
@@ -193,12 +193,12 @@ def test_tokenize_splits_writes_packed_rows_ledger_and_rejects(tok_dir, tmp_path
     assert x["train_tokens"] == sum(train["num_tokens"].to_pylist())
     assert x["packing_efficiency"] == round(x["train_tokens"] / (128 * x["train_rows"]), 4)
     assert x["packing_efficiency"] > 0.8
-    rows = read_rows(tmp_path / "out" / "train")
+    rows = load_rows(tmp_path / "out" / "train")  # the trainer's reader
     for row, n_seqs in zip(rows, train["num_seqs"].to_pylist(), strict=True):
-        assert len(row["input_ids"]) == len(row["labels"]) == len(row["position_ids"]) <= 128
-        assert int((row["position_ids"] == 0).sum()) == n_seqs
-    batch = collate(rows[:3], pad_id=load_tokenizer(str(tok_dir)).pad_token_id)
-    assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape
+        assert len(row.input_ids) == len(row.targets) == len(row.position_ids) <= 128
+        assert int((row.position_ids == 0).sum()) == n_seqs
+    batch = collate(rows[:3], "padded", pad_id=load_tokenizer(str(tok_dir)).pad_token_id)
+    assert batch.input_ids.shape == batch.targets.shape == batch.position_ids.shape
 
 
 def test_padding_only_mode_writes_one_record_per_row(tok_dir, tmp_path):
