@@ -136,8 +136,6 @@ def test_peftpipe_masks_prints_loss_tokens(mistral_dir, tmp_path, capsys):
 
 def test_the_stage_honours_message_weights(tmp_path):
     # Ingest keeps the ShareGPT/axolotl per-message weight (issue 15); weight 0 means no loss on that turn.
-    from tasks.tokenize.stage import read_rows
-
     tok_dir = tmp_path / "tok"
     family_tokenizer("llama3").save_pretrained(tok_dir)
     message = pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.float64())])
@@ -149,6 +147,6 @@ def test_the_stage_honours_message_weights(tmp_path):
         with ShardWriter(tmp_path / "split" / name, schema) as w:
             w.write(pa.Table.from_pylist(rows, schema=schema))
     tokenize_splits(tmp_path / "split", str(tok_dir), TokenizeConfig(max_seq_len=64), tmp_path / "out")
-    (row,) = read_rows(tmp_path / "out" / "train")
-    tok = family_tokenizer("llama3")
-    assert tok.decode(row["input_ids"][row["labels"] != -100].tolist()) == "learn me<|eot_id|>"
+    (row,) = read_table(tmp_path / "out" / "train").to_pylist()
+    loss = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+    assert family_tokenizer("llama3").decode(loss) == "learn me<|eot_id|>"
