@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from schemas.base import StrictModel
+from schemas.preference import PreferenceLossConfig
 
 
 class ModelConfig(StrictModel):
@@ -38,6 +39,12 @@ class AdapterConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    objective: Literal["sft", "dpo", "kto"] = Field(
+        "sft", description="What the adapter learns: 'sft' the responses themselves; 'dpo' to prefer the chosen "
+                           "over the rejected response of each pair; 'kto' from responses labelled desirable or "
+                           "undesirable. dpo/kto add the preference stage to curation (docs/concepts.md).")
+    preference: PreferenceLossConfig = Field(default_factory=PreferenceLossConfig,
+                                             description="beta and loss variant of dpo / kto.")
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     micro_batch_size: int = Field(4, ge=1, description="Rows per forward pass.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (when tokens_per_step is unset).")
