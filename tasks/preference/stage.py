@@ -215,7 +215,9 @@ _KNOBS = {"tie": "preference.min_margin (ties are always dropped)", "low_margin"
           "annotators_disagree": "preference.min_agreement", "no_shared_annotators": "preference.agreement",
           "over_max_pairs": "preference.max_pairs_per_prompt", "single_response": "preference.group_key",
           "no_group_key": "preference.group_key", "ambiguous_rating":
-          "preference.desirable_min_rating / preference.undesirable_max_rating"}
+          "preference.desirable_min_rating / preference.undesirable_max_rating",
+          "no_rating": "ingest.sources[].annotation_map", "no_response": "ingest.sources[].format",
+          "no_prompt": "ingest.sources[].format", "unpaired_explicit": "dedup (it dropped one side of a pair)"}
 
 
 def _warn_if_unusual(ledger: Ledger, pc: PreferenceConfig) -> None:
