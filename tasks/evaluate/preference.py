@@ -9,6 +9,8 @@ DPO, per held-out pair, with r(y) = beta * (log p_adapter(y) - log p_base(y)) su
   same pairs (also per response token, ``*_per_token``, which removes the pull of length).
 KTO: the share of examples whose reward has the sign of their label (``reward_accuracy``), the mean reward of
 the desirable and of the undesirable ones, and their difference (``mean_margin``).
+Both report ``eval_loss``, the objective on the held-out set, and ``base_eval_loss``, its value at the base
+(all rewards 0), which is what a sweep ranks by.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from tasks.core.stage import StageOutput, digest
 from tasks.train.model import load_base_model, load_base_tokenizer, resolve_device, set_cpu_threads
 from tasks.train.preference import Scorer
 from tasks.train.preference_data import load_pair_rows, load_unpaired_rows
-from tasks.train.preference_loss import dpo_loss
+from tasks.train.preference_loss import dpo_loss, kto_kl, kto_loss
 
 
 def _mean(x: torch.Tensor) -> float:
@@ -46,8 +48,9 @@ def score_pairs(scorer: Scorer, rows: list, batch_rows: int) -> dict[str, torch.
 
 def pair_metrics(s: dict[str, torch.Tensor], beta: float, loss_type: str) -> dict[str, float]:
     out = dpo_loss(s["pc"], s["pr"], s["bc"], s["br"], beta, loss_type, s["nc"], s["nr"])
+    at_base = dpo_loss(s["bc"], s["br"], s["bc"], s["br"], beta, loss_type, s["nc"], s["nr"])  # all rewards 0
     per_tok = {k: s[k] / s["n" + k[1]].clamp(min=1) for k in ("pc", "pr", "bc", "br")}
-    m = {"pairs": float(len(s["pc"])), "eval_loss": _mean(out.losses),
+    m = {"pairs": float(len(s["pc"])), "eval_loss": _mean(out.losses), "base_eval_loss": _mean(at_base.losses),
          "reward_accuracy": _mean(out.chosen_rewards > out.rejected_rewards),
          "mean_margin": _mean(out.chosen_rewards - out.rejected_rewards),
          "rewards_chosen": _mean(out.chosen_rewards), "rewards_rejected": _mean(out.rejected_rewards),
@@ -59,17 +62,24 @@ def pair_metrics(s: dict[str, torch.Tensor], beta: float, loss_type: str) -> dic
 
 
 @torch.no_grad()
-def unpaired_metrics(scorer: Scorer, rows: list, beta: float, batch_rows: int) -> dict[str, float]:
-    rewards, labels = [], []
+def unpaired_metrics(scorer: Scorer, rows: list, cfg: PipelineConfig, batch_rows: int) -> dict[str, float]:
+    pc = cfg.train.preference
+    rewards, labels, losses, base_losses = [], [], [], []
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start:start + batch_rows]
-        pol, _ = scorer.unpaired(chunk)
-        ref, _ = scorer.unpaired(chunk, reference=True)
-        rewards.append((beta * (pol - ref)).cpu())
+        pol, pol_kl = scorer.unpaired(chunk)
+        ref, ref_kl = scorer.unpaired(chunk, reference=True)
+        desirable = torch.tensor([r.desirable for r in chunk], device=pol.device)
+        weights = (pc.desirable_weight, pc.undesirable_weight)
+        losses.append(kto_loss(pol, ref, desirable, kto_kl(pol_kl, ref_kl), pc.beta, *weights).losses.cpu())
+        base_losses.append(kto_loss(ref, ref, desirable, torch.zeros((), device=pol.device), pc.beta,
+                                    *weights).losses.cpu())
+        rewards.append((pc.beta * (pol - ref)).cpu())
         labels += [r.desirable for r in chunk]
     r = torch.cat(rewards) if rewards else torch.zeros(0)
     d = torch.tensor(labels, dtype=torch.bool)
     m = {"examples": float(len(r)), "reward_accuracy": _mean(torch.where(d, r > 0, r < 0)),
+         "eval_loss": _mean(torch.cat(losses)), "base_eval_loss": _mean(torch.cat(base_losses)),
          "rewards_desirable": _mean(r[d]), "rewards_undesirable": _mean(r[~d])}
     m["mean_margin"] = m["rewards_desirable"] - m["rewards_undesirable"]
     return m
@@ -94,7 +104,7 @@ def evaluate_preference_adapter(tokenized_dir: Path, base: str, adapter_dir: Pat
         if not rows:
             return {"pref_pairs" if paired else "pref_examples": 0.0}
         m = (pair_metrics(score_pairs(scorer, rows, mb), beta, cfg.train.preference.dpo_loss) if paired
-             else unpaired_metrics(scorer, rows, beta, mb))
+             else unpaired_metrics(scorer, rows, cfg, mb))
         return {f"pref_{k}": v for k, v in m.items()}
     finally:
         torch.set_num_threads(threads)
