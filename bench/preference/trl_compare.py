@@ -80,8 +80,9 @@ def run_ours(objective: str, steps: int, loss: str) -> dict:
     per_step = [{"loss": logged[s]["train_loss"], **{k: logged[s][k] for k in METRICS[objective][1:]}}
                 for s in sorted(logged) if "train_loss" in logged[s]]
     speeds = [logged[s]["tokens_per_s"] for s in sorted(logged) if "tokens_per_s" in logged[s]]
+    steps_s = sum(logged[s]["step_s"] for s in logged if "step_s" in logged[s])
     return {"per_step": per_step, "tokens_per_s": statistics.median(speeds[3:] or speeds),
-            "train_wall_s": wall, "tokens": result["tokens"]}
+            "steps_s": steps_s, "train_wall_s": wall, "tokens": result["tokens"]}
 
 
 def trl_rows(objective: str, tok: Path, steps: int, micro: int, seed: int) -> list[dict]:
@@ -179,8 +180,8 @@ def run_trl(objective: str, steps: int) -> dict:
     per_step = [{"loss": loss, **{k: h.get(k) for k in METRICS[objective][1:]}}
                 for loss, h in zip(Bench.raw_losses, logs)]
     speeds = [n / t for n, t in zip(tokens, times)]
-    return {"per_step": per_step, "tokens_per_s": statistics.median(speeds[3:] or speeds), "train_wall_s": wall,
-            "tokens": sum(tokens)}
+    return {"per_step": per_step, "tokens_per_s": statistics.median(speeds[3:] or speeds), "steps_s": sum(times),
+            "train_wall_s": wall, "tokens": sum(tokens)}
 
 
 def side(name: str, objective: str, steps: int) -> dict:
@@ -225,7 +226,7 @@ def main() -> None:
     a.out.write_text(json.dumps(results, indent=1) + "\n")
     for name, s in res["sides"].items():
         print(f"{name:14s} tokens/s {s['tokens_per_s']:8.0f}  peak RSS {s['peak_rss_mb']:6.0f} MB  "
-              f"train {s['train_wall_s']:.1f} s")
+              f"steps {s['steps_s']:.1f} s  whole train call {s['train_wall_s']:.1f} s")
     print("max |ours - trl| over", a.steps, "steps:", json.dumps(res["max_abs_diff_vs_trl"], indent=1))
 
 
