@@ -100,4 +100,7 @@ class TrainConfig(StrictModel):
     def _warmup_fits(self) -> TrainConfig:
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"train.warmup_steps ({self.warmup_steps}) exceeds train.max_steps ({self.max_steps})")
+        if self.objective == "kto" and self.preference.precompute_ref:
+            # KTO's reference term includes the KL sequences, which depend on the batch: nothing to precompute.
+            raise ValueError("train.preference.precompute_ref applies to train.objective dpo only")
         return self

@@ -131,3 +131,18 @@ def test_kto_trains_and_separates_desirable_from_undesirable(tmp_path, tiny_base
     assert steps[8]["train_loss"] < steps[1]["train_loss"]
     ev = evaluate_preference_adapter(tok, tiny_base, Path(result["adapter_dir"]), cfg)
     assert ev["pref_examples"] == 12 and ev["pref_mean_margin"] > 0 and ev["pref_reward_accuracy"] > 0.5
+
+
+def test_qlora_dpo_starts_at_log_two_and_learns(tmp_path, tiny_base):
+    pytest.importorskip("bitsandbytes")
+    cfg = make_cfg(tmp_path, max_steps=4, eval_every=4)
+    cfg = cfg.model_copy(update={"adapter": cfg.adapter.model_copy(update={"method": "qlora"})})
+    tok = tokenized(tmp_path, tiny_base, cfg)
+    result, logged = run(tok, tiny_base, cfg, tmp_path / "out")
+    losses = [m["train_loss"] for _, m in logged if "train_loss" in m]
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3) and losses[-1] < losses[0]  # the NF4 base is the reference
+
+
+def test_kto_cannot_precompute_its_reference():
+    with pytest.raises(ValueError, match="precompute_ref"):
+        make_cfg(Path("."), "kto", preference={"precompute_ref": True})
