@@ -31,7 +31,7 @@ METRICS = {"dpo": ("loss", "rewards/chosen", "rewards/rejected", "rewards/accura
            "kto": ("loss", "rewards/chosen", "rewards/rejected", "kl")}
 
 
-def config(objective: str, steps: int, loss: str = "standard"):
+def config(objective: str, steps: int, loss: str = "standard", precompute: bool = False):
     from schemas.pipeline import PipelineConfig
 
     return PipelineConfig.model_validate({
@@ -43,7 +43,7 @@ def config(objective: str, steps: int, loss: str = "standard"):
         "train": {"objective": objective, "max_steps": steps, "micro_batch_size": 4, "lr": 1e-3,
                   "warmup_steps": 0, "min_lr_ratio": 1.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
                   "eval_every": 10_000, "save_every": 10_000, "device": "cpu", "loss": loss, "seed": 0,
-                  "pad_to_multiple_of": 1, "preference": {"beta": 0.1}}})
+                  "pad_to_multiple_of": 1, "preference": {"beta": 0.1, "precompute_ref": precompute}}})
 
 
 def prepare(objective: str) -> tuple[Path, str]:
@@ -67,13 +67,14 @@ def prepare(objective: str) -> tuple[Path, str]:
     return out / "tokenized", base
 
 
-def run_ours(objective: str, steps: int, loss: str) -> dict:
+def run_ours(objective: str, steps: int, variant: str) -> dict:
+    """variant: 'standard' (plain head), 'chunked' (the fused log-prob head), 'precompute' (reference cached)."""
     from tasks.train.preference import train_preference_adapter
 
     tok, base = prepare(objective)
-    cfg = config(objective, steps, loss)
+    cfg = config(objective, steps, "chunked" if variant == "chunked" else "standard", variant == "precompute")
     logged: dict[int, dict] = {}
-    out = WORK / objective / f"ours-{loss}-{time.time_ns()}"
+    out = WORK / objective / f"ours-{variant}-{time.time_ns()}"
     t0 = time.perf_counter()
     result = train_preference_adapter(tok, base, cfg, out, lambda m, s: logged.setdefault(s, {}).update(m))
     wall = time.perf_counter() - t0
@@ -176,7 +177,8 @@ def run_trl(objective: str, steps: int) -> dict:
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    logs = [h for h in trainer.state.log_history if "rewards/chosen" in h]
+    logs = [h for h in trainer.state.log_history if "loss" in h]  # one per step (a batch without desirable
+    # examples has no rewards/chosen: TRL leaves it out, peftpipe logs NaN; both are skipped in the comparison)
     per_step = [{"loss": loss, **{k: h.get(k) for k in METRICS[objective][1:]}}
                 for loss, h in zip(Bench.raw_losses, logs)]
     speeds = [n / t for n, t in zip(tokens, times)]
@@ -191,10 +193,15 @@ def side(name: str, objective: str, steps: int) -> dict:
     return out
 
 
+def _both(a, b) -> bool:
+    return a is not None and b is not None and a == a and b == b  # neither missing nor NaN
+
+
 def compare(objective: str, steps: int) -> dict:
     prepare(objective)
     sides = {}
-    for name in ("ours-standard", "ours-chunked", "trl"):
+    names = ["ours-standard", "ours-chunked"] + (["ours-precompute"] if objective == "dpo" else []) + ["trl"]
+    for name in names:
         proc = subprocess.run([sys.executable, __file__, "--side", name, "--objective", objective,
                                "--steps", str(steps)], capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
@@ -202,10 +209,11 @@ def compare(objective: str, steps: int) -> dict:
         sides[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     ref = sides["trl"]["per_step"]
     diffs = {}
-    for name in ("ours-standard", "ours-chunked"):
+    for name in names[:-1]:
         mine = sides[name]["per_step"]
         assert len(mine) == len(ref) == steps, (name, len(mine), len(ref))
-        diffs[name] = {k: max(abs(a[k] - b[k]) for a, b in zip(mine, ref)) for k in METRICS[objective]}
+        diffs[name] = {k: max(abs(a[k] - b[k]) for a, b in zip(mine, ref) if _both(a.get(k), b.get(k)))
+                       for k in METRICS[objective]}
     return {"objective": objective, "steps": steps, "sides": sides, "max_abs_diff_vs_trl": diffs,
             "machine": f"{__import__('platform').processor() or 'cpu'}, {__import__('os').cpu_count()} cores"}
 

@@ -10,6 +10,7 @@ rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejec
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -85,37 +86,14 @@ class Scorer:
                 kl_logps, _ = self._logps(kl)
         return logps, kl_logps
 
-    def _mode(self, reference: bool):
+    def _mode(self, reference: bool) -> contextlib.AbstractContextManager:
+        """The reference is the base: no grad, adapter off."""
         if not reference:
-            return _Null()
-        return _Reference(self.model)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _Reference:
-    """No grad, adapter off: the base model."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.no_grad = torch.no_grad()
-        self.no_grad.__enter__()
-        self.off = self.model.disable_adapter()
-        self.off.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.off.__exit__(*exc)
-        self.no_grad.__exit__(*exc)
-        return False
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(self.model.disable_adapter())
+        return stack
 
 
 def reference_logps(scorer: Scorer, rows: list, paired: bool, batch_rows: int) -> list[tuple[float, ...]]:
