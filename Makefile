@@ -9,7 +9,7 @@ TORCH   ?= torch==2.13.0
 PREFECT_PORT ?= 4200
 MLFLOW_PORT  ?= 5000
 
-.PHONY: run test venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration
+.PHONY: run test test-fast venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,9 @@ train: venv
 test: dev  ## the test suite (CI runs exactly this)
 	$(BIN)/python -m pytest -q
 
+test-fast: dev  ## the unit tests only: no servers, browser, deployments or kill runs (a few minutes)
+	$(BIN)/python -m pytest -q -m "not slow" tests/test_layout.py tests/schemas tests/tasks
+
 lint: dev
 	$(BIN)/ruff check .
 
@@ -55,7 +58,7 @@ PG_PORT ?= 5433
 GPUS    ?= 1
 POOL    ?= peftpipe-cpu
 API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
-.PHONY: run test venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration
+.PHONY: run test test-fast venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration
 
 ui-postgres: venv  ## the production profile, locally: both servers on a PostgreSQL cluster in .cache/pg
 	$(BIN)/python scripts/postgres.py start --dir .cache/pg --port $(PG_PORT)

@@ -9,8 +9,9 @@ from prefect import flow, get_run_logger
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from tasks.core.stage import StageOutput
+from tasks.dedup.report import report_publication as dedup_publication
 from tasks.dedup.stage import exact_dedup_task, near_dedup_task
-from tasks.filters import filter_task, log_filter_report_to_mlflow
+from tasks.filters import filter_publication, filter_task
 from tasks.ingest.stage import ingest_task, log_lineage_to_mlflow
 from tasks.preference.stage import preference_task
 from tasks.preference.tracking import log_preference_dataset, log_preference_ledger
@@ -48,7 +49,9 @@ def curate_flow(cfg: PipelineConfig) -> CurateResult:
             tracking.log_ledger(s)
         publish_table("curation-ledger", ledger_rows(stages), description=f"Curation funnel of config {cfg.name}")
         log_lineage_to_mlflow(ingested)
-        log_filter_report_to_mlflow(filtered)
+        for dedup in (exact, near):
+            tracking.publish(dedup_publication(dedup.path, dedup.name))
+        tracking.publish(filter_publication(filtered))
         if preference:
             log_preference_ledger(split)
             digests = log_preference_dataset(split, cfg.name)

@@ -132,7 +132,7 @@ def _filter_alias(key: str, chain: list[dict]) -> tuple[str, int | None, bool]:
     return ".".join(["filters", "filters", str(index), "params", *parts[2:]]), index, False
 
 
-def resolve_config(base_data: dict, overrides: dict[str, Any], where: str) -> PipelineConfig:
+def config_with_overrides(base_data: dict, overrides: dict[str, Any], where: str) -> PipelineConfig:
     """Apply dotted overrides (filter names allowed) to a copy of the base config's data and validate it."""
     data = copy.deepcopy(base_data)
     chain: list[dict] = []
@@ -177,7 +177,7 @@ def base_data(sweep: SweepConfig) -> dict:
 
 def reference_config(sweep: SweepConfig) -> PipelineConfig:
     """The base config with the sweep's shared overrides: its curation provides every variant's eval set."""
-    return resolve_config(base_data(sweep), sweep.overrides, "sweep overrides")
+    return config_with_overrides(base_data(sweep), sweep.overrides, "sweep overrides")
 
 
 def variant_overrides(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -229,7 +229,7 @@ def expand_variants(sweep: SweepConfig) -> list[Variant]:
     if not sets:
         raise ConfigError("the sweep has no variants: give a grid, variants, or include_base: true")
     data = base_data(sweep)
-    resolve_config(data, sweep.overrides, "sweep overrides")  # a bad shared key fails before the variants
+    config_with_overrides(data, sweep.overrides, "sweep overrides")  # a bad shared key fails before the variants
     keys = list(dict.fromkeys(k for s in sets for k in s))
     for key in keys:
         section = key.split(".")[0]
@@ -245,6 +245,6 @@ def expand_variants(sweep: SweepConfig) -> list[Variant]:
         if name in seen:
             raise ConfigError(f"variants {seen[name] + 1} and {i + 1} are the same ({name})")
         seen[name] = i
-        cfg = resolve_config(data, {**sweep.overrides, **overrides}, f"variant {i + 1} ({name})")
+        cfg = config_with_overrides(data, {**sweep.overrides, **overrides}, f"variant {i + 1} ({name})")
         variants.append(Variant(name=name, overrides=overrides, config=cfg))
     return variants

@@ -1,7 +1,7 @@
 """Config of tokenization: chat template, prompt masking, length policy and packing; the tokenized row schema."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -10,6 +10,7 @@ from schemas.base import StrictModel
 
 
 class TokenizeConfig(StrictModel):
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("num_proc",)  # see StrictModel.SPEED_ONLY
     max_seq_len: int = Field(512, ge=16, description="Longest sequence (and packed row) in tokens.")
     train_on: Literal["assistant", "all"] = Field("assistant", description="Which tokens carry a loss.")
     overlong: Literal["drop", "truncate"] = Field("drop", description="What happens to records over max_seq_len.")

@@ -1,7 +1,7 @@
 """Config of the base model, the LoRA/QLoRA adapter and the training loop."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -39,6 +39,13 @@ class AdapterConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    # Change only how fast (or how safely) the same steps run, never the steps themselves; the recipe's
+    # equivalence tests hold the loss and layout options to that promise. ``num_processes`` is here because
+    # the adapter key takes the resolved number of ranks instead (see tasks.train.recipe.adapter_key).
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = (
+        "save_every", "keep_checkpoints", "gradient_checkpointing", "checkpoint_layers", "batch_layout",
+        "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes")
+
     objective: Literal["sft", "dpo", "kto"] = Field(
         "sft", description="What the adapter learns: 'sft' the responses themselves; 'dpo' to prefer the chosen "
                            "over the rejected response of each pair; 'kto' from responses labelled desirable or "

@@ -36,6 +36,7 @@ from tasks.core.stage import (
     LedgerError,
     ShardWriter,
     StageOutput,
+    code_version,
     digest,
     iter_batches,
     run_stage,
@@ -45,7 +46,6 @@ from tasks.preference.pairs import Candidate, Response, aggregate, collect_ratin
 from tasks.split.stage import is_eval
 
 STAGE = "preference"
-PREFERENCE_VERSION = "1"
 log = logging.getLogger(__name__)
 _SPACES = re.compile(r"\s+")
 
@@ -230,7 +230,8 @@ def _warn_if_unusual(ledger: Ledger, pc: PreferenceConfig) -> None:
 
 
 def preference_key(upstream: StageOutput, cfg: PipelineConfig) -> str:
-    return digest(STAGE, PREFERENCE_VERSION, cfg.preference, cfg.split, cfg.train.objective, upstream.key)
+    return digest(STAGE, code_version("tasks.preference.stage", "tasks.preference.pairs", "tasks.core.stage"),
+                  cfg.preference.cache_settings(), cfg.split.cache_settings(), cfg.train.objective, upstream.key)
 
 
 @task(name="preference")

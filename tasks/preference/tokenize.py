@@ -26,6 +26,7 @@ from tasks.core.stage import (
     Ledger,
     ShardWriter,
     StageOutput,
+    code_version,
     digest,
     iter_batches,
     run_stage,
@@ -35,7 +36,6 @@ from tasks.tokenize.chat import encode_records, mask_method
 from tasks.tokenize.tokenizer import load_tokenizer, tokenizer_digest
 
 STAGE = "preference-tokenize"
-VERSION = "1"
 SPLITS = ("train", "eval")
 
 
@@ -159,8 +159,8 @@ def tokenize_preferences(pref_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig
 @task(name="preference-tokenize")
 def preference_tokenize_task(pref: StageOutput, tokenizer_dir: str, cfg: PipelineConfig) -> StageOutput:
     """Prefect wrapper; keyed like the SFT tokenize stage (settings, input, tokenizer files)."""
-    settings = cfg.tokenize.model_dump(mode="json", exclude={"num_proc"})
-    key = digest(STAGE, VERSION, settings, cfg.train.objective, pref.key,
+    code = code_version("tasks.preference.tokenize", "tasks.tokenize", "tasks.core.stage")
+    key = digest(STAGE, code, cfg.tokenize.cache_settings(), cfg.train.objective, pref.key,
                  tokenizer_digest(tokenizer_dir, cfg.model.revision))
     return run_stage(cfg.workdir, STAGE, key, lambda tmp: tokenize_preferences(
         pref.path, tokenizer_dir, cfg.tokenize, cfg.train.objective, tmp, cfg.model.revision,

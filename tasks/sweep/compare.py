@@ -19,10 +19,12 @@ from prefect import task
 
 from schemas.record import RECORD_SCHEMA, REJECT_SCHEMA
 from schemas.sweep import SweepConfig
+from tasks.core.records import record_text
 from tasks.core.stage import (
     Ledger,
     ShardWriter,
     StageOutput,
+    code_version,
     digest,
     iter_batches,
     run_stage,
@@ -32,12 +34,11 @@ from tasks.filters.decontam import ngram_hashes
 from tasks.track.artifacts import artifact_key, in_run, publish_markdown, publish_table
 
 STAGE = "shared_eval_split"
-SHARED_EVAL_VERSION = "1"
 
 
 def record_texts(table: pa.Table) -> list[str]:
-    """Every message's content of each record, one text per record (what the leak check compares)."""
-    return ["\n".join(m["content"] or "" for m in msgs or []) for msgs in table["messages"].to_pylist()]
+    """Every turn of each record ("all" of schemas.record.TEXT_ROLES): what the leak check compares."""
+    return record_text(table.column("messages"), "all").to_pylist()
 
 
 def eval_index(eval_dir: Path, ngram: int, writer: ShardWriter | None = None) -> tuple[set[str], np.ndarray]:
@@ -109,7 +110,7 @@ def shared_eval_split(variant_split: Path, eval_dir: Path, ngram: int, max_overl
 def shared_eval_split_task(variant: StageOutput, reference: StageOutput, sweep: SweepConfig, workdir: str
                            ) -> StageOutput:
     """Prefect wrapper: the variant's split stage beside the reference split's eval set, content-addressed."""
-    key = digest(STAGE, SHARED_EVAL_VERSION, sweep.eval_overlap_ngram, sweep.eval_overlap_max, variant.key,
+    key = digest(STAGE, code_version("tasks.sweep.compare", "tasks.core.stage"), sweep.eval_overlap_ngram, sweep.eval_overlap_max, variant.key,
                  reference.key)
     return run_stage(workdir, STAGE, key, lambda tmp: shared_eval_split(
         variant.path, reference.data("eval"), sweep.eval_overlap_ngram, sweep.eval_overlap_max, tmp))

@@ -18,6 +18,7 @@ from tasks.core.stage import (
     Ledger,
     ShardWriter,
     StageOutput,
+    code_version,
     digest,
     iter_batches,
     run_stage,
@@ -25,7 +26,6 @@ from tasks.core.stage import (
 )
 
 STAGE = "shared_eval_pairs"
-VERSION = "1"
 
 
 def shared_eval_pairs(variant_dir: Path, reference_eval: Path, objective: str, out: Path) -> Ledger:
@@ -60,6 +60,6 @@ def shared_eval_pairs(variant_dir: Path, reference_eval: Path, objective: str, o
 
 def shared_eval_pairs_task(variant: StageOutput, reference: StageOutput, objective: str, workdir: str) -> StageOutput:
     """The variant's preference stage beside the reference's held-out pairs, content-addressed."""
-    key = digest(STAGE, VERSION, objective, variant.key, reference.key)
+    key = digest(STAGE, code_version("tasks.sweep.preference"), objective, variant.key, reference.key)
     return run_stage(workdir, STAGE, key, lambda tmp: shared_eval_pairs(variant.path, reference.data("eval"),
                                                                          objective, tmp))

@@ -6,15 +6,12 @@ packed into a train row: each split is packed on its own.
 
 Templating, prompt masking and the length policy live in tasks.tokenize.chat; packing in tasks.tokenize.packing.
 
-Model-call convention (training and evaluation must feed rows exactly like this; tests check it):
-
-    batch = collate(rows, pad_id=tokenizer.pad_token_id)      # tasks.tokenize.packing: input_ids, labels, position_ids
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                use_cache=False)                               # and NO attention_mask
-
-With ``attention_mask=None`` and no cache, transformers 5 finds the position restarts and builds a
-block-diagonal causal mask (sdpa, eager; flash-attention-2 derives cu_seqlens from the same position_ids),
-so attention never crosses records and the per-token loss equals running each record alone. Padding is a
+How rows are fed to the model: training and evaluation collate them with ``tasks.train.data`` (input_ids,
+position_ids and shifted targets, no attention_mask) and take the loss with
+``tasks.train.loss.causal_lm_loss_sum``. With ``attention_mask=None`` and no cache, transformers 5 finds the
+position restarts and builds a block-diagonal causal mask (sdpa, eager; flash-attention-2 derives cu_seqlens
+from the same position_ids), so attention never crosses records and the per-token loss equals running each
+record alone (tests check it). Padding is a
 trailing "sequence" of its own with labels -100, so it needs no mask either. Packed rows come out longest
 records first (best-fit decreasing): shuffle rows when training.
 """
@@ -39,6 +36,7 @@ from tasks.core.stage import (
     Ledger,
     ShardWriter,
     StageOutput,
+    code_version,
     digest,
     iter_batches,
     run_stage,
@@ -52,7 +50,6 @@ from tasks.tokenize.packing import pack_sequences, packing_efficiency, single_ro
 from tasks.tokenize.tokenizer import load_tokenizer, tokenizer_digest
 
 STAGE = "tokenize"
-TOKENIZE_VERSION = "1"  # bump when the output of the same inputs changes
 SPLITS = ("train", "eval")
 TOKENIZE_REJECT_SCHEMA = pa.schema(list(REJECT_SCHEMA) + [pa.field("split", pa.string()),
                                                           pa.field("num_tokens", pa.int32())])
@@ -191,8 +188,8 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
 def tokenize_task(split: StageOutput, tokenizer_dir: str, cfg: PipelineConfig) -> StageOutput:
     """Prefect wrapper; the key covers the tokenizer's files, so a retrained tokenizer re-tokenizes, and leaves
     out ``num_proc``, which changes the speed, never the rows."""
-    settings = cfg.tokenize.model_dump(mode="json", exclude={"num_proc"})
-    key = digest(STAGE, TOKENIZE_VERSION, settings, split.key, tokenizer_digest(tokenizer_dir, cfg.model.revision))
+    settings = cfg.tokenize.cache_settings()
+    key = digest(STAGE, code_version("tasks.tokenize", "tasks.core.stage"), settings, split.key, tokenizer_digest(tokenizer_dir, cfg.model.revision))
     return run_stage(cfg.workdir, STAGE, key, lambda tmp: tokenize_splits(
         split.path, tokenizer_dir, cfg.tokenize, tmp, cfg.model.revision, cfg.model.trust_remote_code))
 

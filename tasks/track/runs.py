@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import subprocess
 import time
 import warnings
@@ -25,14 +24,8 @@ from mlflow.entities import Metric
 
 from schemas.pipeline import PipelineConfig
 from tasks.core import recovery
+from tasks.core.publication import Publication, metric_key
 from tasks.core.stage import StageOutput, iter_batches, read_table
-
-_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
-
-
-def metric_key(*parts: str) -> str:
-    """An MLflow-safe metric name: reasons such as 'flagged:toxic' become 'flagged_toxic'."""
-    return _METRIC_KEY.sub("_", ".".join(parts))
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -91,6 +84,19 @@ def log_ledger(stage: StageOutput) -> None:
             metrics[metric_key(stage.name, k)] = v
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     mlflow.log_artifact(str(stage.path / "stats.json"), artifact_path=f"ledgers/{stage.name}")
+
+
+def publish(publication: Publication) -> None:
+    """Send a stage report's metrics, files and tables to the ACTIVE MLflow run: the one way reports reach it."""
+    if mlflow.active_run() is None:
+        raise RuntimeError("publishing a stage report needs an active MLflow run (mlflow.start_run())")
+    if publication.metrics:
+        mlflow.log_metrics({k: float(v) for k, v in publication.metrics.items()})
+    for path, folder in publication.files:
+        if Path(path).exists():
+            mlflow.log_artifact(str(path), artifact_path=folder)
+    for columns, artifact_file in publication.tables:
+        mlflow.log_table(data=columns, artifact_file=artifact_file)
 
 
 def content_digest(directory: Path) -> str:

@@ -15,13 +15,12 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
-from tasks.core.stage import IO_RETRIES, StageOutput, digest, publish_dir
+from tasks.core.stage import IO_RETRIES, StageOutput, code_version, digest, publish_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 TINY = "tiny-llama"
-TINY_VERSION = "2"  # bump when the tiny architecture or its init changes
 TINY_SEED = 0
 
 
@@ -45,9 +44,9 @@ def resolve_dtype(model_cfg: ModelConfig, device: torch.device) -> torch.dtype:
 def _corpus_digest(corpus_dir: Path) -> str:
     import hashlib
 
-    from tasks.tokenize.tokenizer import record_texts
+    from tasks.tokenize.tokenizer import tokenizer_corpus
     h = hashlib.sha256()
-    for text in record_texts(corpus_dir):
+    for text in tokenizer_corpus(corpus_dir):
         h.update(text.encode() + b"\0")
     return h.hexdigest()[:16]
 
@@ -90,9 +89,9 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
         return model_cfg.name_or_path
     if corpus_dir is None:
         raise ValueError("model 'tiny-llama' trains its tokenizer on the corpus: pass corpus_dir")
-    from tasks.tokenize.tokenizer import record_texts, train_sample_tokenizer
+    from tasks.tokenize.tokenizer import tokenizer_corpus, train_sample_tokenizer
 
-    key = digest(TINY_VERSION, model_cfg, _corpus_digest(corpus_dir))
+    key = digest(code_version("tasks.train.model", "tasks.tokenize.tokenizer"), model_cfg, _corpus_digest(corpus_dir))
     final = Path(workdir) / "models" / f"{TINY}-{key}"
     if _tiny_complete(final):
         return str(final)
@@ -100,7 +99,7 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        train_sample_tokenizer(record_texts(corpus_dir), tmp, vocab_size=model_cfg.tiny_vocab_size)
+        train_sample_tokenizer(tokenizer_corpus(corpus_dir), tmp, vocab_size=model_cfg.tiny_vocab_size)
         build_tiny_llama(tmp, tmp, model_cfg)
         publish_dir(tmp, final, _tiny_complete)  # a concurrent run may already read its twin
     finally:

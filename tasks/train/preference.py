@@ -358,9 +358,9 @@ def preference_train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig
     complete, resumed when not), through torchrun when there are several GPUs."""
     from tasks.train.launch import launch_distributed, num_processes
 
-    out = Path(cfg.workdir) / "adapters" / adapter_key(tokenized, base, cfg)
-    out.mkdir(parents=True, exist_ok=True)
     nproc = num_processes(cfg)
+    out = Path(cfg.workdir) / "adapters" / adapter_key(tokenized, base, cfg, nproc)
+    out.mkdir(parents=True, exist_ok=True)
     if nproc > 1 and not (out / "_SUCCESS").is_file():
         return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
     log = with_progress_artifact(mlflow_metrics_logger(run_id), cfg.train.max_steps)

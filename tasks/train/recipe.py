@@ -23,7 +23,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import TrainConfig
-from tasks.core.stage import StageOutput, digest
+from tasks.core.stage import StageOutput, code_version, digest
 from tasks.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from tasks.train.data import DataCursor, load_rows, micro_batches_for_step
 from tasks.train.dist import all_reduce_floats, dist_rank, dist_world
@@ -39,7 +39,6 @@ from tasks.train.model import (
     set_cpu_threads,
 )
 
-TRAIN_VERSION = "1"
 MetricsFn = Callable[[dict[str, float], int], None]
 # Dense bf16 datasheet peaks, for MFU. Anything else reports no MFU rather than a made-up one.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
@@ -265,8 +264,13 @@ def with_progress_artifact(log: MetricsFn | None, max_steps: int) -> MetricsFn |
     return log_and_report
 
 
-def adapter_key(tokenized: StageOutput, base: str, cfg: PipelineConfig) -> str:
-    return digest("train", TRAIN_VERSION, tokenized.key, base, cfg.model, cfg.adapter, cfg.train)
+def adapter_key(tokenized: StageOutput, base: str, cfg: PipelineConfig, nproc: int = 1) -> str:
+    """The trained adapter's cache key: data, base, model and adapter settings, and the train settings that
+    change what is learned (``TrainConfig.cache_settings``). Ranks count only where they change the batch:
+    without ``tokens_per_step`` each rank adds micro-batches to every step."""
+    ranks = nproc if cfg.train.tokens_per_step is None else 1
+    return digest("train", code_version("tasks.train"), tokenized.key, base, cfg.model, cfg.adapter,
+                  cfg.train.cache_settings(), ranks)
 
 
 @task(name="train")
@@ -275,9 +279,9 @@ def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: s
     several GPUs (or ``train.num_processes`` > 1) it launches data-parallel ranks through torchrun."""
     from tasks.train.launch import launch_distributed, num_processes
 
-    out = Path(cfg.workdir) / "adapters" / adapter_key(tokenized, base, cfg)
-    out.mkdir(parents=True, exist_ok=True)
     nproc = num_processes(cfg)
+    out = Path(cfg.workdir) / "adapters" / adapter_key(tokenized, base, cfg, nproc)
+    out.mkdir(parents=True, exist_ok=True)
     if nproc > 1 and not (out / "_SUCCESS").is_file():
         return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
     log = with_progress_artifact(mlflow_metrics_logger(run_id), cfg.train.max_steps)
