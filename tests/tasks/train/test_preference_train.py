@@ -146,3 +146,18 @@ def test_qlora_dpo_starts_at_log_two_and_learns(tmp_path, tiny_base):
 def test_kto_cannot_precompute_its_reference():
     with pytest.raises(ValueError, match="precompute_ref"):
         make_cfg(Path("."), "kto", preference={"precompute_ref": True})
+
+
+def test_two_process_dpo_matches_one_process(tmp_path, tiny_base):
+    """torchrun, 2 CPU ranks of 2 pairs each = 1 process of 4 pairs: same pairs per step, same mean, summed grads."""
+    from tasks.train.launch import launch_distributed
+
+    one = make_cfg(tmp_path, max_steps=2, eval_every=2)
+    tok = tokenized(tmp_path, tiny_base, one)
+    single, _ = run(tok, tiny_base, one, tmp_path / "one")
+    two = make_cfg(tmp_path, max_steps=2, eval_every=2, micro_batch_size=2, num_processes=2)
+    result = launch_distributed(tok, tiny_base, two, tmp_path / "two", None, nproc=2)
+    assert result["objective"] == "dpo" and result["steps"] == 2 and result["tokens"] == single["tokens"]
+    assert result["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+    assert result["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-4)
+    assert result["eval_rewards_accuracies"] == single["eval_rewards_accuracies"]
