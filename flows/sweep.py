@@ -80,8 +80,9 @@ def curate_distinct(configs: list[PipelineConfig], sweep_name: str) -> dict[str,
                               tags={ROLE: "curation", "peftpipe.sweep": sweep_name, "peftpipe.curation": key[:8]}):
             mlflow.log_params(tracking.flatten(curation_settings(cfg)))
             curated[key] = curate_flow(cfg)
-        split = curated[key].split.ledger.extra
-        log.info("curation %s: %s train / %s eval records", key[:8], split.get("train"), split.get("eval"))
+        split = curated[key].split.ledger.extra  # records of a split, or pairs / examples of a preference stage
+        train, ev = ((split.get(k) or split.get(f"{k}_pairs") or split.get(f"{k}_examples") or 0) for k in ("train", "eval"))
+        log.info("curation %s: %s train / %s eval", key[:8], train, ev)
     return curated
 
 
