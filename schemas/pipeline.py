@@ -12,8 +12,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from schemas.base import StrictModel
 from schemas.dedup import DedupConfig
+from schemas.evaluate import EvalConfig
 from schemas.filters import FilterConfig, SplitConfig
 from schemas.ingest import IngestConfig
+from schemas.preference import PreferenceConfig
 from schemas.tokenize import TokenizeConfig
 from schemas.tracking import TrackingConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
@@ -26,10 +28,13 @@ class PipelineConfig(StrictModel):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description=(
+        "Pairs (train.objective dpo) or labels (kto) from the annotations; unused for sft."))
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
