@@ -105,7 +105,7 @@ def test_kto_labels_and_ledger(records_dir, tmp_path):
     assert dict(ledger.dropped) == {"ambiguous_rating": 1, "no_response": 1, "no_prompt": 1, "no_rating": 2}
     rows = {r["example_id"]: r for r in read_table(tmp_path / "out" / "train").to_pylist()}
     assert {k: v["label"] for k, v in rows.items()} == {"a": True, "b": False, "d": True, "e": True, "f": True}
-    assert rows["b"]["completion"] == [{"role": "assistant", "content": "Maybe 5?"}]
+    assert unweighted(rows["b"]["completion"]) == [{"role": "assistant", "content": "Maybe 5?"}]
     assert (ledger.extra["desirable"], ledger.extra["undesirable"]) == (4, 1)
 
 
