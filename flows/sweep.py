@@ -30,6 +30,7 @@ from flows.curate import CurateResult, curate_flow
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from schemas.sweep import SweepConfig, Variant, curation_settings, expand_variants, reference_config
+from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, digest
 from tasks.evaluate.stage import evaluate_adapter
 from tasks.sweep.compare import VariantResult, publish_comparison, shared_eval_split_task
@@ -153,6 +154,7 @@ def sweep_flow(sweep: SweepConfig) -> SweepResult:
             results.append(result)
             log.info("  eval loss %.4f (base %.4f), %d records kept", result.metrics["adapter_eval_loss"],
                      result.metrics["base_eval_loss"], result.records_kept)
+            pause_point("sweep.variant-done", variant=variant.name)  # test only: between two variants
 
         out_dir = Path(ref.workdir) / "sweeps" / f"{sweep.name}-{parent_id[:8]}"
         rows = publish_comparison(results, out_dir, sweep.name)

@@ -13,6 +13,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.tokenize import IGNORE_INDEX
+from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, digest
 from tasks.train.data import Row, load_rows
 from tasks.train.loss import mean_eval_loss, use_fused_loss
@@ -112,5 +113,6 @@ def evaluate_task(tokenized: StageOutput, base: str, adapter_dir: Path, cfg: Pip
     result = evaluate_adapter(tokenized.path, base, Path(adapter_dir), cfg)
     tmp = cached.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(result, default=str))
+    pause_point("evaluate", tmp=tmp)  # test only: the result is written, not yet in place
     os.replace(tmp, cached)  # atomic: a killed run never leaves half a result
     return result

@@ -23,6 +23,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import TrainConfig
+from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, digest
 from tasks.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from tasks.train.data import DataCursor, load_rows, micro_batches_for_step
@@ -187,6 +188,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
         if step % tc.save_every == 0 and step < tc.max_steps and not progress["stopped_early"] and rank == 0:
             save_checkpoint(out / "checkpoints", step, model, optimizer, scheduler,
                             {**progress, "cursor": cursor.state_dict()}, keep=tc.keep_checkpoints)
+            pause_point("train.checkpoint", step=step)  # test only: a checkpoint is written, training goes on
     if progress["stopped_early"] and math.isnan(progress["eval_loss"]):
         _evaluate_and_maybe_stop(model, eval_rows, tc, pad_id, device, fused, progress, log, rank)
 
