@@ -42,4 +42,5 @@ def pytest_runtest_makereport(item, call):
     if MISSING_RESOURCE.search(reason):
         report.outcome = "failed"
         report.longrepr = (f"CI=true: this test would skip because something it needs is missing: {reason}\n"
-                           "Install it (.ci/setup-system.sh installs chromium and postgresql) or run without CI=true.")
+                           "Install it (.ci/setup-system.sh installs chromium and postgresql), or run "
+                           "without CI=true to skip it.")

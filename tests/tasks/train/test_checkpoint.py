@@ -36,7 +36,8 @@ def test_resume_restores_weights_optimizer_scheduler_and_rngs(tmp_path):
     assert progress["cursor"] == {"seed": 0, "epoch": 0, "index": 5} and progress["best_eval_loss"] == float("inf")
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
     torch.testing.assert_close(fresh.weight, model.weight, rtol=0, atol=0)
-    torch.testing.assert_close(fresh_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    restored, saved = fresh_opt.state_dict()["state"][0], optimizer.state_dict()["state"][0]
+    torch.testing.assert_close(restored["exp_avg"], saved["exp_avg"])
     assert fresh_sched.last_epoch == scheduler.last_epoch == 1
 
 
