@@ -6,12 +6,14 @@ stage calls ``pause_point(NAME)`` right after it has written some of its data. T
 the environment variable ``PEFTPIPE_TEST_PAUSE`` names that point: a user's run never sets it, so its only
 cost is one environment lookup. When it is named, the process writes a JSON note to
 ``PEFTPIPE_TEST_PAUSE_FILE`` (the point, the pid, and what the caller passed, e.g. its temporary directory)
-and then blocks until the test kills it.
+and then blocks until the test kills it, or for at most ``PEFTPIPE_TEST_PAUSE_MAX_S`` seconds (an hour),
+after which it exits: a test that died without killing it leaves no process behind for ever.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -38,4 +40,6 @@ def pause_point(name: str, **detail: Any) -> None:
     tmp.write_text(json.dumps({"point": name, "hit": _reached[name], "pid": os.getpid(),
                                **{k: str(v) for k, v in detail.items()}}))
     os.replace(tmp, note)  # the test sees the whole note or none of it
-    threading.Event().wait()  # until SIGKILL: nothing after this point runs
+    threading.Event().wait(float(os.environ.get("PEFTPIPE_TEST_PAUSE_MAX_S", "3600")))  # the test kills us here
+    print(f"peftpipe: test pause point {name} was never released; exiting", file=sys.stderr, flush=True)
+    os._exit(75)  # nothing after the point runs, not even cleanup

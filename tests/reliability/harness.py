@@ -102,7 +102,11 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = RUN_TIMEOUT, ev
 def wait_for_pause(run: Run, note: Path, timeout: float = RUN_TIMEOUT) -> dict:
     """Wait until the run reaches the pause point named by its ``PEFTPIPE_TEST_PAUSE`` (tasks.core.pause writes
     ``note`` there and blocks); return the note. Fails if the run ends or hangs before reaching it."""
-    found = wait_for(note.is_file, run.proc, timeout, every=0.1)  # the run waits there: no hurry
+    try:
+        found = wait_for(note.is_file, run.proc, timeout, every=0.1)  # the run waits there: no hurry
+    except BaseException:  # the test's own timeout, Ctrl-C: leave no paused run behind
+        run.kill()
+        raise
     if not found:
         alive = run.proc.poll() is None
         run.kill()

@@ -214,11 +214,13 @@ def sweep_chain(tmp_path_factory, prefect_api):
                   PEFTPIPE_TEST_PAUSE_FILE=str(note_path))
     killed = start_run(tmp, workdir, uri, env=env, log_name="killed.log", command="sweep", config=sweep_yaml)
     note = wait_for_pause(killed, note_path)
-    adapters = {p.name: {f.name: f.stat().st_mtime_ns for f in p.iterdir() if f.is_file()}
-                for p in sorted((workdir / "adapters").iterdir())}
-    done = [p.parent.name for p in workdir.glob("adapters/*/_SUCCESS")]
-    out_dirs = list(workdir.glob("sweeps/*"))
-    killed.kill()
+    try:
+        adapters = {p.name: {f.name: f.stat().st_mtime_ns for f in p.iterdir() if f.is_file()}
+                    for p in sorted((workdir / "adapters").iterdir())}
+        done = [p.parent.name for p in workdir.glob("adapters/*/_SUCCESS")]
+        out_dirs = list(workdir.glob("sweeps/*"))
+    finally:
+        killed.kill()
     assert_nothing_partial_looks_complete(workdir)
     final = start_run(tmp, workdir, uri, env=cli_env(tmp, PREFECT_API_URL=prefect_api), log_name="final.log",
                       command="sweep", config=sweep_yaml)
