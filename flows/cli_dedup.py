@@ -8,22 +8,23 @@ Heavy imports wait until the command runs, so ``peftpipe --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-PARQUET = (".parquet", ".pq")
-JSONL = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
+from schemas.dedup import DedupConfig  # pydantic only: defaults and choices come from the schema
 
 
-class InputError(ValueError):
-    """An input the command cannot read; the message names the file (and line)."""
+def _default(name: str) -> Any:
+    return DedupConfig.model_fields[name].default
+
+
+def _choices(name: str) -> list[str]:
+    return list(get_args(DedupConfig.model_fields[name].annotation))
 
 
 def register(subparsers: Any) -> None:
@@ -32,13 +33,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL, JSONL.gz or Parquet files, dirs or globs")
     p.add_argument("--text-field", required=True, help="field holding the text to compare")
     p.add_argument("--id-field", default=None, help="field holding a record id (default: the row number)")
-    p.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity of duplicates (default 0.8)")
+    p.add_argument("--threshold", type=float, default=_default("threshold"),
+                   help=f"Jaccard similarity of duplicates (default {_default('threshold')})")
     p.add_argument("--out", required=True, help="where to write the map (Parquet)")
-    p.add_argument("--shingle", choices=["word", "char"], default="word", help="word or character n-grams")
-    p.add_argument("--ngram", type=int, default=5, help="n-gram size (default 5)")
-    p.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
-    p.add_argument("--keep", choices=["first", "longest"], default="first", help="which record a cluster keeps")
-    p.add_argument("--verify", choices=["jaccard", "signature", "none"], default="jaccard",
+    p.add_argument("--shingle", choices=_choices("shingle"), default=_default("shingle"),
+                   help="word or character n-grams")
+    p.add_argument("--ngram", type=int, default=_default("ngram"), help=f"n-gram size (default {_default('ngram')})")
+    p.add_argument("--num-perm", type=int, default=_default("num_perm"),
+                   help=f"MinHash permutations (default {_default('num_perm')})")
+    p.add_argument("--keep", choices=_choices("keep"), default=_default("keep"),
+                   help=f"which record a cluster keeps (default {_default('keep')}: the highest mean rating "
+                        "of an `annotations` column; ties, and inputs without ratings, keep the lowest id)")
+    p.add_argument("--verify", choices=_choices("verify"), default=_default("verify"),
                    help="check candidates by exact Jaccard (default), the signature estimate, or not at all")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--runner", choices=["auto", "local", "processes", "ray"], default="auto",
@@ -51,111 +57,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any other DedupConfig field, e.g. --set memory_mb=512 (repeatable)")
     p.set_defaults(func=run)
-
-
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files named, found under directories, or matched by globs, in a stable order."""
-    paths: list[Path] = []
-    for item in items:
-        matches = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
-        if not matches:
-            raise InputError(f"{item}: no file matches")
-        for m in map(Path, matches):
-            if m.is_dir():
-                found = sorted(p for p in m.rglob("*") if p.is_file() and p.name.endswith(PARQUET + JSONL))
-                if not found:
-                    raise InputError(f"{m}: no JSONL or Parquet files inside")
-                paths += found
-            elif m.is_file():
-                paths.append(m)
-            else:
-                raise InputError(f"{m}: no such file or directory")
-    return paths
-
-
-def _jsonl_lines(path: Path, text_field: str, id_field: str | None):
-    """Python fallback: yields (id, text) per line, with a clear error naming the bad line."""
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: a JSON object per line expected")
-            text = row.get(text_field)
-            rid = row.get(id_field) if id_field else None
-            if id_field and rid is None:
-                raise InputError(f"{path}:{n}: no id field {id_field!r}")
-            yield (None if rid is None else str(rid),
-                   text if isinstance(text, str) or text is None else json.dumps(text))
-
-
-def jsonl_to_parquet(path: Path, text_field: str, id_field: str | None, out_dir: Path, shard_rows: int) -> list[Path]:
-    """Convert a (gzipped) JSONL file to Parquet shards with columns id (if given) and text."""
-    import pyarrow as pa
-    import pyarrow.json as pj
-    import pyarrow.parquet as pq
-
-    names = [text_field] + ([id_field] if id_field else [])
-    written: list[Path] = []
-
-    def flush(table: pa.Table) -> None:
-        target = out_dir / f"{len(list(out_dir.iterdir())):06d}.parquet"
-        pq.write_table(table, target)
-        written.append(target)
-
-    for id_type in (pa.string(), pa.int64()):  # Arrow's fast reader, when the types are this simple
-        schema = pa.schema([(text_field, pa.string())] + ([(id_field, id_type)] if id_field else []))
-        try:
-            reader = pj.open_json(pa.input_stream(str(path), compression="detect"),
-                                  read_options=pj.ReadOptions(block_size=8 << 20),
-                                  parse_options=pj.ParseOptions(explicit_schema=schema,
-                                                                unexpected_field_behavior="ignore"))
-            tables = [pa.Table.from_batches([b]) for b in reader]
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            continue
-        table = pa.concat_tables(tables) if tables else schema.empty_table()
-        if id_field and table.column(id_field).null_count:
-            break  # a record without an id: let the line reader name it
-        table = table.select(names).cast(pa.schema([(n, pa.string()) for n in names]))
-        for lo in range(0, max(table.num_rows, 1), shard_rows):
-            flush(table.slice(lo, shard_rows))
-        return written
-    rows: list[tuple[str | None, str | None]] = []
-    for row in _jsonl_lines(path, text_field, id_field):
-        rows.append(row)
-        if len(rows) >= shard_rows:
-            flush(_rows_table(rows, text_field, id_field))
-            rows = []
-    flush(_rows_table(rows, text_field, id_field))
-    return written
-
-
-def _rows_table(rows: list, text_field: str, id_field: str | None):
-    import pyarrow as pa
-
-    cols = {text_field: pa.array([t for _, t in rows], pa.string())}
-    if id_field:
-        cols[id_field] = pa.array([i for i, _ in rows], pa.string())
-    return pa.table(cols)
-
-
-def check_parquet(path: Path, text_field: str, id_field: str | None) -> None:
-    import pyarrow.parquet as pq
-
-    try:
-        names = pq.ParquetFile(path).schema_arrow.names
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
-    for field in filter(None, (text_field, id_field)):
-        if field not in names:
-            raise InputError(f"{path}: no column {field!r} (columns: {', '.join(names)})")
 
 
 def configured_api_url() -> str | None:
@@ -186,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     """The ``dedup`` command; returns the exit status (2 for bad input or options, 4 for a full disk)."""
     from pydantic import ValidationError
 
-    from schemas.dedup import DedupConfig
     from schemas.pipeline import ConfigError, apply_override, parse_override
+    from tasks.dedup.inputs import InputError, expand_inputs, to_parquet_inputs
 
     started = time.perf_counter()
     try:
@@ -203,15 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="peftpipe-dedup-"))
     try:
-        parquet: list[Path] = []
-        for path in paths:
-            if path.name.endswith(PARQUET):
-                check_parquet(path, args.text_field, args.id_field)
-                parquet.append(path)
-            else:
-                sub = scratch / "input" / f"{len(parquet):04d}"
-                sub.mkdir(parents=True)
-                parquet += jsonl_to_parquet(path, args.text_field, args.id_field, sub, cfg.unit_rows)
+        parquet = to_parquet_inputs(paths, args.text_field, args.id_field, scratch, cfg.unit_rows)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         report_dir = Path(args.report) if args.report else scratch / "report"

@@ -8,8 +8,9 @@ from prefect import flow, get_run_logger
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from tasks.core.stage import StageOutput
+from tasks.dedup.report import report_publication as dedup_publication
 from tasks.dedup.stage import exact_dedup_task, near_dedup_task
-from tasks.filters import filter_task, log_filter_report_to_mlflow
+from tasks.filters import filter_publication, filter_task
 from tasks.ingest.stage import ingest_task, log_lineage_to_mlflow
 from tasks.split.stage import split_task
 from tasks.track import runs as tracking
@@ -44,6 +45,8 @@ def curate_flow(cfg: PipelineConfig) -> CurateResult:
             tracking.log_ledger(s)
         publish_table("curation-ledger", ledger_rows(stages), description=f"Curation funnel of config {cfg.name}")
         log_lineage_to_mlflow(ingested)
-        log_filter_report_to_mlflow(filtered)
+        for dedup in (exact, near):
+            tracking.publish(dedup_publication(dedup.path, dedup.name))
+        tracking.publish(filter_publication(filtered))
         digests = tracking.log_curated_dataset(split, cfg.name)
     return CurateResult(stages, digests)

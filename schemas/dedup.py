@@ -1,7 +1,7 @@
 """Config of exact and MinHash near-duplicate removal."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -9,10 +9,13 @@ from schemas.base import StrictModel
 
 
 class DedupConfig(StrictModel):
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("workers", "unit_rows", "memory_mb", "partitions")  # see StrictModel.SPEED_ONLY
     exact: bool = Field(True, description="Drop records whose normalized text is identical.")
     near: bool = Field(True, description="Drop near-duplicates found with MinHash LSH.")
     text: Literal["prompt_response", "prompt", "response", "all"] = Field(
-        "prompt_response", description="Which text is compared: user turns, assistant turns, both, or every turn.")
+        "prompt_response", description="Which text is compared (schemas.record.TEXT_ROLES): prompt_response = user "
+                                   "and assistant turns, prompt = user turns, response = assistant turns, all = "
+                                   "every turn, system prompts included.")
     shingle: Literal["word", "char"] = Field("word", description="Word or character n-grams.")
     ngram: int = Field(5, ge=1, description="Shingle size in words or characters.")
     lowercase: bool = Field(True, description="Compare case-folded text.")

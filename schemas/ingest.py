@@ -1,7 +1,7 @@
 """Config of the ingest stage: where the data comes from and how it maps to the record shape."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -62,6 +62,7 @@ class SourceConfig(StrictModel):
 
 
 class IngestConfig(StrictModel):
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("workers",)  # see StrictModel.SPEED_ONLY
     sources: list[SourceConfig] = Field(min_length=1, description="The datasets to read.")
     shard_rows: int = Field(50_000, ge=1, description="Rows per output Parquet shard (bounds memory).")
     max_record_bytes: int = Field(1_000_000, ge=1, description="Rows larger than this are quarantined.")

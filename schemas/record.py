@@ -28,6 +28,18 @@ RECORD_SCHEMA = pa.schema([
 
 ROLES = ("system", "user", "assistant")
 
+# The named texts of a record, one definition for every stage (dedup's ``text``, the filters' ``field``, the
+# sweep's leak check): the contents of these roles' turns, in order, joined by TURN_SEPARATOR.
+# "prompt" is what the user asked (user turns); a system prompt is the operator's setting, usually the same
+# boilerplate across records, so it counts only in "all".
+TEXT_ROLES: dict[str, tuple[str, ...]] = {
+    "prompt": ("user",),
+    "response": ("assistant",),
+    "prompt_response": ("user", "assistant"),
+    "all": ROLES,
+}
+TURN_SEPARATOR = "\n\n"
+
 # Columns added to every rejected row, beside the record's own columns.
 REJECT_FIELDS = [
     ("reject_stage", pa.string()),

@@ -51,6 +51,9 @@ class SweepConfig(StrictModel):
     variants: list[dict[str, Any]] = Field(default_factory=list, description=(
         "Extra variants, each a mapping of 'section.key' -> value, run after the grid's."))
     include_base: bool = Field(False, description="Also run the base config itself as a variant named 'base'.")
+    seeds: list[int] = Field(default_factory=list, description=(
+        "Run every variant once per seed (as train.seed: weights init, data order, dropout), so each setting's "
+        "spread over seeds can be measured; empty: each variant once, with the base config's seed."))
     eval_overlap_ngram: int = Field(8, ge=1, description=(
         "Word n-gram size of the leak check between a variant's train records and the shared eval set."))
     eval_overlap_max: float = Field(0.5, ge=0, le=1, description=(
@@ -131,7 +134,7 @@ def _filter_alias(key: str, chain: list[dict]) -> tuple[str, int | None, bool]:
     return ".".join(["filters", "filters", str(index), "params", *parts[2:]]), index, False
 
 
-def resolve_config(base_data: dict, overrides: dict[str, Any], where: str) -> PipelineConfig:
+def config_with_overrides(base_data: dict, overrides: dict[str, Any], where: str) -> PipelineConfig:
     """Apply dotted overrides (filter names allowed) to a copy of the base config's data and validate it."""
     data = copy.deepcopy(base_data)
     chain: list[dict] = []
@@ -176,7 +179,7 @@ def base_data(sweep: SweepConfig) -> dict:
 
 def reference_config(sweep: SweepConfig) -> PipelineConfig:
     """The base config with the sweep's shared overrides: its curation provides every variant's eval set."""
-    return resolve_config(base_data(sweep), sweep.overrides, "sweep overrides")
+    return config_with_overrides(base_data(sweep), sweep.overrides, "sweep overrides")
 
 
 def variant_overrides(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -186,6 +189,11 @@ def variant_overrides(sweep: SweepConfig) -> list[dict[str, Any]]:
         keys = list(sweep.grid)
         out += [dict(zip(keys, values)) for values in itertools.product(*(sweep.grid[k] for k in keys))]
     out += [dict(v) for v in sweep.variants]
+    if sweep.seeds:
+        clash = [i + 1 for i, o in enumerate(out) if "train.seed" in o]
+        if clash:
+            raise ConfigError(f"variants {clash} set train.seed, which 'seeds' already sets for every variant")
+        out = [{**o, "train.seed": seed} for o in out for seed in sweep.seeds]
     return out
 
 
@@ -228,7 +236,7 @@ def expand_variants(sweep: SweepConfig) -> list[Variant]:
     if not sets:
         raise ConfigError("the sweep has no variants: give a grid, variants, or include_base: true")
     data = base_data(sweep)
-    resolve_config(data, sweep.overrides, "sweep overrides")  # a bad shared key fails before the variants
+    config_with_overrides(data, sweep.overrides, "sweep overrides")  # a bad shared key fails before the variants
     keys = list(dict.fromkeys(k for s in sets for k in s))
     for key in keys:
         section = key.split(".")[0]
@@ -244,6 +252,6 @@ def expand_variants(sweep: SweepConfig) -> list[Variant]:
         if name in seen:
             raise ConfigError(f"variants {seen[name] + 1} and {i + 1} are the same ({name})")
         seen[name] = i
-        cfg = resolve_config(data, {**sweep.overrides, **overrides}, f"variant {i + 1} ({name})")
+        cfg = config_with_overrides(data, {**sweep.overrides, **overrides}, f"variant {i + 1} ({name})")
         variants.append(Variant(name=name, overrides=overrides, config=cfg))
     return variants

@@ -1,7 +1,7 @@
 """Config of the base model, the LoRA/QLoRA adapter and the training loop."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -33,11 +33,30 @@ class AdapterConfig(StrictModel):
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved.")
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
     adapter_dtype: Literal["float32", "auto"] = Field(
-        "float32", description="LoRA weights in fp32 (peft's default, precise optimizer updates) or in the "
-                               "model's dtype (less memory traffic).")
+        "float32", description="LoRA weights in fp32 (peft's default; the LoRA matmuls then run in fp32/TF32) "
+                               "or in the model's dtype, bf16 on CUDA (less memory traffic; the optimizer still "
+                               "steps fp32 master copies unless train.master_weights is off).")
+    init: Literal["default", "gaussian", "loftq"] = Field(
+        "default", description="How the LoRA weights start: 'default' (A random, B zero, so training starts from "
+                               "the base itself), 'gaussian' (A Gaussian), or 'loftq' (QLoRA only, CUDA: A and B "
+                               "start as a rank-r SVD fit of what NF4 rounding took from each weight, read from the "
+                               "base's local safetensors, so training starts closer to the unquantized base).")
+
+    @model_validator(mode="after")
+    def _loftq_needs_qlora(self) -> AdapterConfig:
+        if self.init == "loftq" and self.method != "qlora":
+            raise ValueError("adapter.init 'loftq' fits the NF4 quantization error: it needs adapter.method 'qlora'")
+        return self
 
 
 class TrainConfig(StrictModel):
+    # Change only how fast (or how safely) the same steps run, never the steps themselves; the recipe's
+    # equivalence tests hold the loss and layout options to that promise. ``num_processes`` is here because
+    # the adapter key takes the resolved number of ranks instead (see tasks.train.recipe.adapter_key).
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = (
+        "save_every", "keep_checkpoints", "gradient_checkpointing", "checkpoint_layers", "batch_layout",
+        "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes")
+
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     micro_batch_size: int = Field(4, ge=1, description="Rows per forward pass.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (when tokens_per_step is unset).")
@@ -50,6 +69,11 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(2, ge=0, description="Linear warm-up steps before the cosine decay.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    master_weights: bool = Field(
+        True, description="With adapter weights in bf16/fp16 (adapter.adapter_dtype: auto on CUDA), the optimizer "
+                          "steps fp32 master copies and writes them back rounded. Off, an update smaller than "
+                          "bf16's resolution of a weight (about |w|/512) is lost, as most are late in a cosine "
+                          "schedule (BENCHMARKS.md). No effect when the weights are fp32.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
         "adamw", description="torch AdamW (fused on CUDA) or bitsandbytes' 8-bit / paged AdamW.")
     eval_every: int = Field(10, ge=1, description="Evaluate on the held-out split every N steps.")

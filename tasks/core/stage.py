@@ -1,14 +1,17 @@
 """How stages hand data to each other: content-addressed directories of Parquet shards, a ledger, a marker.
 
 A stage's output lives in ``WORKDIR/stages/NAME/KEY`` where KEY hashes the stage's inputs, config and code
-version. The stage writes into a temporary sibling and renames it into place only after ``stats.json`` and
+version; the code version is a hash of the source of the stage's package (``code_version``), so a change to the
+code can never be served a stale output, and no constant has to be remembered. The stage writes into a temporary sibling and renames it into place only after ``stats.json`` and
 the ``_SUCCESS`` marker exist, so a killed run never leaves a partial directory that looks complete, and a
 rerun with the same inputs reuses the finished output (as datatrove's completion markers do).
 """
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -75,6 +78,27 @@ def digest(*parts: Any) -> str:
         return p.model_dump(mode="json") if isinstance(p, BaseModel) else p
     blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def code_version(*modules: str) -> str:
+    """A hash of the source of the named modules; a package counts with every ``.py`` file under it.
+
+    This is the code part of a stage's key: edit anything in the package a stage runs, and its outputs are
+    rebuilt on the next run instead of silently reused."""
+    h = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"code_version: no module {name!r}")
+        if spec.submodule_search_locations:  # a package: all of its source, in a stable order
+            root = Path(spec.origin).parent
+            files = sorted(root.rglob("*.py"))
+        else:
+            root, files = Path(spec.origin).parent, [Path(spec.origin)]
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,8 @@ DECISION_ROW_GROUP = 65_536
 
 
 def write_decisions(table: pa.Table, path: Path) -> None:
-    """Write decisions sorted by idx."""
+    """Write a decision table, which must already be sorted by idx (``decide`` and ``exact_decisions`` return
+    it so), in small row groups, so ``read_decisions`` can prune by the idx statistics."""
     pq.write_table(table, path, row_group_size=DECISION_ROW_GROUP)
 
 

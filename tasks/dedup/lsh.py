@@ -1,4 +1,5 @@
-"""Out-of-core near-duplicate search, as four named steps mapped over shards (as datatrove names them):
+"""Out-of-core near-duplicate search: three named steps mapped over shards, then clustering (as datatrove
+names them):
 
 1. ``sketch_unit``: per unit of input rows, shingle hashes and MinHash signatures; writes the LSH band keys,
    partitioned by key, the raw shingle hashes (for exact Jaccard) and a small meta table, all to disk.
@@ -6,7 +7,8 @@
    candidate pairs, written per verify block.
 3. ``verify_block``: per block of units, the exact Jaccard of each candidate pair; pairs at or above the
    threshold become edges.
-4. ``cluster_edges``: connected components (union-find) over the edges, then the keep rule per cluster.
+4. clustering, in one process (``tasks.dedup.steps.near_decisions`` calls ``tasks.dedup.cluster.decide``):
+   connected components (union-find) over the edges, then the keep rule per cluster.
 
 Memory: a unit holds ``unit_rows`` docs; a partition holds ~N*bands/partitions keys; a verify block holds the
 shingles of two unit groups. Partitions and groups are sized from ``DedupConfig.memory_mb``, so peak memory
@@ -28,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.dedup import DedupConfig
+from tasks.core.records import record_text
 from tasks.dedup.minhash import (
     band_keys,
     choose_bands_rows,
@@ -36,7 +39,7 @@ from tasks.dedup.minhash import (
     signature_jaccard,
     signatures,
 )
-from tasks.dedup.text import Shingles, compared_text, fmix64, normalize, shingle_hashes, sorted_unique
+from tasks.dedup.text import Shingles, fmix64, normalize, shingle_hashes, sorted_unique
 
 Mapper = Callable[[Callable[..., Any], list], list]
 # Buckets up to this size give all their pairs; larger ones (templates copied many times) a star plus a chain,
@@ -193,7 +196,7 @@ def run_span(span: list[Unit], step: Callable[..., Any], columns: list[str] | No
 def unit_texts(table: pa.Table, plan: Plan) -> pa.Array:
     """The compared text of each row: chosen turns of a record, or a plain text column."""
     if plan.text_field is None:
-        return compared_text(table.column("messages"), plan.cfg.text)
+        return record_text(table.column("messages"), plan.cfg.text)
     col = table.column(plan.text_field).combine_chunks()
     if col.type != pa.string():
         col = col.cast(pa.string())

@@ -175,10 +175,5 @@ def signature_jaccard(sig_left: np.ndarray, sig_right: np.ndarray) -> np.ndarray
     return (sig_left == sig_right).mean(axis=1)
 
 
-def expected_candidates_note(threshold: float, bands: int, rows: int) -> str:
-    r = recall_at(threshold, bands, rows)
-    return f"{bands} bands x {rows} rows: a pair at J={threshold} is a candidate with p={r:.4f}"
-
-
 __all__ = ["permutations", "signatures", "choose_bands_rows", "band_keys", "recall_at", "jaccard_pairs",
-           "signature_jaccard", "band_recall_table", "expected_candidates_note"]
+           "signature_jaccard", "band_recall_table"]

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.core.publication import Publication
 from tasks.dedup.lsh import Plan, Unit, read_unit, unit_texts
 from tasks.dedup.minhash import band_recall_table
 
@@ -93,7 +94,7 @@ def write_report(out: Path, dec: pa.Table, units: list[Unit], plan: Plan, stats:
     return {"clusters": summary["clusters"], "largest_size": max(sizes) if sizes else 1}
 
 def publish_artifacts(path: Path, stage: str) -> None:
-    """Publish the report as Prefect artifacts and MLflow artifacts, each only where a run is active."""
+    """Publish the report as Prefect artifacts, where a flow or task run is active."""
     path = Path(path)
     if not (path / REPORT_MD).exists():
         return
@@ -109,10 +110,9 @@ def publish_artifacts(path: Path, stage: str) -> None:
         rows = [{"size": int(s), "clusters": c} for s, c in summary["cluster_sizes"].items()]
         create_table_artifact(rows or [{"size": 1, "clusters": 0}], key=f"{key}-cluster-sizes",
                               description=f"{stage}: histogram of cluster sizes")
-    import mlflow
 
-    if mlflow.active_run() is not None:
-        for name in (REPORT_MD, REPORT_PNG, REPORT_JSON, "dedup_map.parquet"):
-            if (path / name).exists():
-                mlflow.log_artifact(str(path / name), artifact_path=stage)
 
+def report_publication(path: Path, stage: str) -> Publication:
+    """The report's files (and the dedup map, where one was written) for ``tasks.track.runs.publish``."""
+    return Publication(files=[(Path(path) / name, stage) for name in (REPORT_MD, REPORT_PNG, REPORT_JSON,
+                                                                       "dedup_map.parquet")])

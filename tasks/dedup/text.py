@@ -1,4 +1,5 @@
-"""Text side of dedup: which text of a record is compared, how it is normalized, and its shingle hashes.
+"""Text side of dedup: how the compared text (``tasks.core.records.record_text``) is normalized, and its
+shingle hashes.
 
 Everything works on whole Arrow batches: text extraction, normalization and word splitting are Arrow
 compute kernels, each distinct word of a batch is hashed once (xxh3), and n-gram hashes are combined
@@ -12,14 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
-
-# Roles whose turns make up each "text" choice of DedupConfig.
-TEXT_ROLES = {
-    "prompt_response": ("user", "assistant"),
-    "prompt": ("user",),
-    "response": ("assistant",),
-    "all": ("system", "user", "assistant"),
-}
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _P64 = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio odd multiplier: each step spreads the previous state
@@ -44,22 +37,6 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
         return values
     out = np.sort(values)
     return out[np.concatenate([[True], out[1:] != out[:-1]])]
-
-
-def compared_text(messages: pa.Array | pa.ChunkedArray, text: str) -> pa.Array:
-    """Join the contents of the chosen roles' turns of each record with newlines (empty string if none)."""
-    if isinstance(messages, pa.ChunkedArray):
-        messages = messages.combine_chunks()
-    roles = TEXT_ROLES[text]
-    n = len(messages)
-    flat = pc.list_flatten(messages)
-    parents = pc.list_parent_indices(messages).to_numpy()
-    keep = pc.is_in(flat.field("role"), value_set=pa.array(roles)).to_numpy(zero_copy_only=False)
-    contents = pc.fill_null(flat.field("content").filter(pa.array(keep)), "")
-    counts = np.bincount(parents[keep], minlength=n) if n else np.zeros(0, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), contents), "\n")
-    return pc.fill_null(joined, "")
 
 
 def normalize(texts: pa.Array, lowercase: bool = True, strip_punct: bool = True, nfkc: bool = True) -> pa.Array:
@@ -159,13 +136,3 @@ def shingle_hashes(normalized: pa.Array, shingle: str, ngram: int) -> Shingles:
     """Word or character n-gram hashes of a batch of normalized texts."""
     tokens, lengths = (word_token_hashes if shingle == "word" else char_token_hashes)(normalized)
     return _window_hash(tokens, lengths, ngram)
-
-
-def shingle_sets(sh: Shingles) -> Shingles:
-    """Each doc's distinct shingle hashes, sorted, for exact Jaccard checks."""
-    n = len(sh.offsets) - 1
-    doc = np.repeat(np.arange(n, dtype=np.uint64), np.diff(sh.offsets))
-    key = sorted_unique((doc << np.uint64(32)) | sh.hashes.astype(np.uint64))
-    owner = (key >> np.uint64(32)).astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=n))]).astype(np.int64)
-    return Shingles(hashes=(key & np.uint64(0xFFFFFFFF)).astype(np.uint32), offsets=offsets)

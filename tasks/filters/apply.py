@@ -31,7 +31,6 @@ from tasks.filters.chain import build_chain
 from tasks.filters.report import build_report, snippet, write_report
 
 STAGE = "filter"
-VERSION = "1"
 # Rejects say which filter took them, beside the shared reject columns.
 FILTER_REJECT_SCHEMA = REJECT_SCHEMA.append(pa.field("reject_filter", pa.string()))
 

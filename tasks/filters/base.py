@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.filters import FILTER_PARAMS
+from tasks.core.records import record_text
 
 ANON_PREFIX = "\0anon"  # annotations without an annotator id each stand for a person of their own
 
@@ -95,11 +96,8 @@ class FilterBatch:
         return self._view("messages", build)
 
     def text(self, which: str) -> list[str]:
-        """'response' = assistant turns, 'prompt' = system and user turns, 'all' = every turn; joined by blank lines."""
-        roles = {"response": ("assistant",), "prompt": ("system", "user"),
-                 "all": ("system", "user", "assistant")}[which]
-        return self._view(f"text:{which}", lambda: [
-            "\n\n".join(c for r, c in msgs if r in roles) for msgs in self.messages()])
+        """Per row, the named text ``which`` of schemas.record.TEXT_ROLES ('response', 'prompt', 'all', ...)."""
+        return self._view(f"text:{which}", lambda: record_text(self.table.column("messages"), which).to_pylist())
 
     # --- annotations ------------------------------------------------------------------------------------
     def annotations(self) -> pd.DataFrame:

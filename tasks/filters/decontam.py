@@ -94,7 +94,7 @@ def eval_index(path: str | Path, n: int) -> np.ndarray:
     return _index(str(p), st.st_size, st.st_mtime_ns, n)
 
 
-def source_fingerprint(p: DecontamParams) -> list[tuple[str, int, int]]:
+def eval_sets_fingerprint(p: DecontamParams) -> list[tuple[str, int, int]]:
     """(name, size, mtime) of each eval source, so a changed eval set changes the stage's cache key."""
     out = []
     for name, path in sorted(p.sources.items()):

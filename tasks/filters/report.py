@@ -3,12 +3,12 @@ reason, agreement figures; written as report.json + report.md, published to Pref
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from schemas.filters import FilterConfig
+from tasks.core.publication import Publication, metric_key
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 
@@ -109,43 +109,32 @@ def publish_prefect_artifacts(stage_path: Path) -> bool:
     return True
 
 
-def _metric_name(*parts: str) -> str:
-    # MLflow metric names allow alphanumerics, _ - . space and /; anything else becomes '_'.
-    return "/".join(re.sub(r"[^A-Za-z0-9_.\- ]", "_", p) for p in parts)
-
-
 def agreement_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """Flat MLflow metrics: agreement per source, the stage's counts, drops per reason."""
+    """The report's own metrics: agreement per source and unreliable annotators, and, in a dry run, what the
+    filters would drop. The stage's counts (``filter.in``, ``filter.kept``, ``filter.dropped.<reason>``) come
+    from its ledger, logged like every stage's, so they are not repeated here."""
     metrics: dict[str, float] = {}
     for source, figures in report["agreement"].items():
         for key, value in figures.items():
             if value is not None:
-                metrics[_metric_name("filter", "agreement", source, key)] = float(value)
-    metrics[_metric_name("filter", "in")] = float(report["in"])
-    metrics[_metric_name("filter", "kept")] = float(report["kept"])
-    prefix = "would_drop" if report["dry_run"] else "dropped"
-    by_reason: Counter = Counter()
-    for row in report["table"]:
-        by_reason[row["reason"]] += row["dropped"]
-    for reason, n in by_reason.items():
-        metrics[_metric_name("filter", prefix, reason)] = float(n)
-    metrics[_metric_name("filter", "unreliable_annotators")] = float(
+                metrics[metric_key("filter", "agreement", source, key)] = float(value)
+    if report["dry_run"]:
+        by_reason: Counter = Counter()
+        for row in report["table"]:
+            by_reason[row["reason"]] += row["dropped"]
+        for reason, n in by_reason.items():
+            metrics[metric_key("filter", "would_drop", reason)] = float(n)
+    metrics[metric_key("filter", "unreliable_annotators")] = float(
         sum(s["unreliable"] for s in report["annotators"].values()))
     return metrics
 
 
-def log_report_to_mlflow(stage_path: Path) -> dict[str, float]:
-    """Log agreement metrics, the drop table and the report files to the active MLflow run."""
-    import mlflow
-    if mlflow.active_run() is None:
-        raise RuntimeError("log_filter_report_to_mlflow needs an active MLflow run (mlflow.start_run())")
+def report_publication(stage_path: Path) -> Publication:
+    """Agreement metrics, the drop table and the report files, for ``tasks.track.runs.publish``."""
     path = Path(stage_path)
     report = json.loads((path / REPORT_JSON).read_text())
-    metrics = agreement_metrics(report)
-    mlflow.log_metrics(metrics)
-    mlflow.log_artifact(str(path / REPORT_MD), artifact_path="filters")
-    mlflow.log_artifact(str(path / REPORT_JSON), artifact_path="filters")
+    pub = Publication(agreement_metrics(report), [(path / REPORT_MD, "filters"), (path / REPORT_JSON, "filters")])
     if report["table"]:
         columns = {k: [r[k] for r in report["table"]] for k in ("filter", "reason", "dropped", "pct_of_input")}
-        mlflow.log_table(data=columns, artifact_file="filters/drops.json")
-    return metrics
+        pub.tables.append((columns, "filters/drops.json"))
+    return pub

@@ -4,16 +4,17 @@ from __future__ import annotations
 from prefect import task
 
 from schemas.pipeline import PipelineConfig
-from tasks.core.stage import StageOutput, digest, run_stage
-from tasks.filters.apply import STAGE, VERSION, apply_filters
-from tasks.filters.decontam import source_fingerprint
-from tasks.filters.report import log_report_to_mlflow, publish_prefect_artifacts
+from tasks.core.publication import Publication
+from tasks.core.stage import StageOutput, code_version, digest, run_stage
+from tasks.filters.apply import STAGE, apply_filters
+from tasks.filters.decontam import eval_sets_fingerprint
+from tasks.filters.report import publish_prefect_artifacts, report_publication
 
 
 def filter_key(upstream_key: str, cfg: PipelineConfig) -> str:
     """The stage's cache key; eval files for decontamination add their size and mtime, so editing one reruns."""
-    evals = [source_fingerprint(s.parsed()) for s in cfg.filters.filters if s.name == "decontaminate"]
-    return digest(STAGE, VERSION, cfg.filters, upstream_key, *([evals] if evals else []))
+    evals = [eval_sets_fingerprint(s.parsed()) for s in cfg.filters.filters if s.name == "decontaminate"]
+    return digest(STAGE, code_version("tasks.filters", "tasks.core.stage"), cfg.filters.cache_settings(), upstream_key, *([evals] if evals else []))
 
 
 @task(name="filter")
@@ -25,6 +26,6 @@ def filter_task(upstream: StageOutput, cfg: PipelineConfig) -> StageOutput:
     return out
 
 
-def log_filter_report_to_mlflow(stage: StageOutput) -> None:
-    """Log the filter stage's agreement metrics, drop counts and report files to the ACTIVE MLflow run."""
-    log_report_to_mlflow(stage.path)
+def filter_publication(stage: StageOutput) -> Publication:
+    """The filter stage's report for MLflow: agreement metrics, the drop table, the report files."""
+    return report_publication(stage.path)

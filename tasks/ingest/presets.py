@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.record import ROLES
+
 try:  # orjson is several times faster; it comes with prefect, but plain json works too
     import orjson
 
@@ -26,8 +28,7 @@ except ImportError:  # pragma: no cover
     def dumps(obj: Any) -> str:
         return json.dumps(obj, default=str, ensure_ascii=False, separators=(",", ":"))
 
-CANONICAL_ROLES = frozenset({"system", "user", "assistant"})
-PRESETS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
+CANONICAL_ROLES = frozenset(ROLES)
 ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "human": "user",
                 "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant",
                 "chatgpt": "assistant"}

@@ -35,17 +35,16 @@ from prefect import task
 from schemas.ingest import IngestConfig, SourceConfig
 from schemas.pipeline import PipelineConfig
 from schemas.record import QUARANTINE_SCHEMA, RECORD_SCHEMA
-from tasks.core.stage import IO_RETRIES, Ledger, StageOutput, digest, run_stage, shard_paths
+from tasks.core.stage import IO_RETRIES, Ledger, StageOutput, code_version, digest, run_stage, shard_paths
 from tasks.ingest.convert import PartResult, RowConverter, content_record_id, detect_preset, record_id
 from tasks.ingest.parallel import can_split, convert_split, reconcile
 from tasks.ingest.presets import resolve_fields
 from tasks.ingest.readers import IngestError, Row, SourceStats, read_file, read_hf, resolve_files
 from tasks.track.artifacts import publish_table
 
-__all__ = ["INGEST_VERSION", "IngestError", "content_record_id", "ingest", "ingest_source", "ingest_task",
+__all__ = ["IngestError", "content_record_id", "ingest", "ingest_source", "ingest_task",
            "lineage_rows", "log_lineage_to_mlflow", "record_id", "source_fingerprint"]
 
-INGEST_VERSION = "1"
 log = logging.getLogger(__name__)
 
 
@@ -187,8 +186,8 @@ def lineage_rows(stage: StageOutput) -> list[dict[str, Any]]:
 def ingest_task(cfg: PipelineConfig) -> StageOutput:
     """Ingest the configured sources (reusing a finished output of the same sources and config)."""
     # workers changes how fast, never what: it stays out of the key
-    settings = cfg.ingest.model_dump(mode="json", exclude={"workers"})
-    key = digest("ingest", INGEST_VERSION, settings, [source_fingerprint(s) for s in cfg.ingest.sources])
+    settings = cfg.ingest.cache_settings()
+    key = digest("ingest", code_version("tasks.ingest", "tasks.core.stage"), settings, [source_fingerprint(s) for s in cfg.ingest.sources])
     stage = run_stage(cfg.workdir, "ingest", key, lambda tmp: ingest(cfg.ingest, tmp))
     publish_table("ingest-lineage", lineage_rows(stage), description=f"Sources of config {cfg.name}")
     return stage

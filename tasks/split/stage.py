@@ -15,9 +15,7 @@ from prefect import task
 from schemas.filters import SplitConfig
 from schemas.pipeline import PipelineConfig
 from schemas.record import RECORD_SCHEMA
-from tasks.core.stage import Ledger, ShardWriter, StageOutput, digest, iter_batches, run_stage
-
-SPLIT_VERSION = "1"
+from tasks.core.stage import Ledger, ShardWriter, StageOutput, code_version, digest, iter_batches, run_stage
 
 
 def is_eval(record_id: str, eval_fraction: float, seed: int) -> bool:
@@ -44,5 +42,5 @@ def split_records(in_dir: Path, cfg: SplitConfig, out: Path) -> Ledger:
 
 @task(name="split")
 def split_task(upstream: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    key = digest("split", SPLIT_VERSION, cfg.split, upstream.key)
+    key = digest("split", code_version("tasks.split", "tasks.core.stage"), cfg.split, upstream.key)
     return run_stage(cfg.workdir, "split", key, lambda tmp: split_records(upstream.data(), cfg.split, tmp))

@@ -80,8 +80,9 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     return tok
 
 
-def record_texts(records_dir: Path) -> Iterator[str]:
-    """Every message content of the RECORD_SCHEMA shards in ``records_dir``, in shard order."""
+def tokenizer_corpus(records_dir: Path) -> Iterator[str]:
+    """The corpus a sample tokenizer learns from: every message content of the RECORD_SCHEMA shards in
+    ``records_dir``, one string per message, in shard order."""
     for batch in iter_batches(records_dir, columns=["messages"]):
         for messages in batch.column("messages").to_pylist():
             for message in messages or []:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import subprocess
 import time
 import warnings
@@ -25,14 +24,8 @@ from mlflow.entities import Metric
 
 from schemas.pipeline import PipelineConfig
 from tasks.core import recovery
+from tasks.core.publication import Publication, metric_key
 from tasks.core.stage import StageOutput, iter_batches, read_table
-
-_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
-
-
-def metric_key(*parts: str) -> str:
-    """An MLflow-safe metric name: reasons such as 'flagged:toxic' become 'flagged_toxic'."""
-    return _METRIC_KEY.sub("_", ".".join(parts))
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -55,9 +48,20 @@ def git_commit(cwd: str | Path = ".") -> str | None:
         return None
 
 
+# The experiment tag MLflow's UI reads for an experiment's kind; "custom_model_development" is the model
+# training ("Machine learning") kind, as opposed to "genai_development" (from the UI's ExperimentKind enum).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# MLflow 3.1x's UI picks the view from ``?workflowType=`` (else the browser's last choice, GenAI at first),
+# so every link we print names the model-training view as well.
+UI_QUERY = "?workflowType=machine_learning"
+
+
 def configure(cfg: PipelineConfig) -> None:
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    mlflow.set_experiment(cfg.tracking.experiment)
+    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # a kind the user chose in the UI is kept
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
 
 
 @contextmanager
@@ -91,6 +95,19 @@ def log_ledger(stage: StageOutput) -> None:
             metrics[metric_key(stage.name, k)] = v
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     mlflow.log_artifact(str(stage.path / "stats.json"), artifact_path=f"ledgers/{stage.name}")
+
+
+def publish(publication: Publication) -> None:
+    """Send a stage report's metrics, files and tables to the ACTIVE MLflow run: the one way reports reach it."""
+    if mlflow.active_run() is None:
+        raise RuntimeError("publishing a stage report needs an active MLflow run (mlflow.start_run())")
+    if publication.metrics:
+        mlflow.log_metrics({k: float(v) for k, v in publication.metrics.items()})
+    for path, folder in publication.files:
+        if Path(path).exists():
+            mlflow.log_artifact(str(path), artifact_path=folder)
+    for columns, artifact_file in publication.tables:
+        mlflow.log_table(data=columns, artifact_file=artifact_file)
 
 
 def content_digest(directory: Path) -> str:
@@ -169,4 +186,4 @@ def run_url(run: mlflow.ActiveRun | Any, tracking_uri: str, ui_url: str = "http:
     """Where to look at the run in the MLflow UI (started with ``make ui``)."""
     info = run.info
     base = tracking_uri if tracking_uri.startswith("http") else ui_url
-    return f"{base}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
+    return f"{base}/#/experiments/{info.experiment_id}/runs/{info.run_id}{UI_QUERY}"

@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import tasks.dedup.lsh as dedup_lsh
 
+import tasks.dedup.lsh as dedup_lsh
 from schemas.dedup import DedupConfig
 from schemas.record import RECORD_SCHEMA
 from tasks.core.stage import ShardWriter, StageOutput, read_table

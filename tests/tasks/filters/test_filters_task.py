@@ -10,7 +10,8 @@ import pytest
 from schemas.pipeline import PipelineConfig
 from schemas.record import RECORD_SCHEMA
 from tasks.core.stage import StageOutput, read_ledger
-from tasks.filters import filter_key, filter_task, log_filter_report_to_mlflow
+from tasks.filters import filter_key, filter_publication, filter_task
+from tasks.track.runs import log_ledger, publish
 
 
 def _upstream(tmp_path) -> StageOutput:
@@ -62,18 +63,20 @@ def test_report_goes_to_the_active_mlflow_run(tmp_path):
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("filters-test")
     with pytest.raises(RuntimeError, match="active MLflow run"):
-        log_filter_report_to_mlflow(stage)
+        publish(filter_publication(stage))
     with mlflow.start_run() as run:
-        log_filter_report_to_mlflow(stage)
+        log_ledger(stage)  # the counts, as the curate flow logs every stage's
+        publish(filter_publication(stage))
     client = mlflow.MlflowClient(uri)
     metrics = client.get_run(run.info.run_id).data.metrics
     ledger = read_ledger(stage.path)
     alpha = ledger.extra["agreement"]["src one"]["alpha_interval"]
-    assert metrics["filter/agreement/src one/alpha_interval"] == pytest.approx(alpha)
-    assert "filter/agreement/src one/alpha_ordinal" in metrics
-    assert metrics["filter/kept"] == ledger.kept
+    assert metrics["filter.agreement.src one.alpha_interval"] == pytest.approx(alpha)
+    assert "filter.agreement.src one.alpha_ordinal" in metrics
+    assert metrics["filter.kept"] == ledger.kept
     for reason, n in ledger.dropped.items():
-        assert metrics[f"filter/dropped/{reason}".replace(":", "_")] == n
+        assert metrics[f"filter.dropped.{reason}".replace(":", "_")] == n
+    assert not [k for k in metrics if "/" in k], "one naming scheme: dotted metric names only"
     names = {a.path for a in client.list_artifacts(run.info.run_id, "filters")}
     assert {"filters/report.md", "filters/report.json"} <= names
     assert json.loads((stage.path / "report.json").read_text())["in"] == 20

@@ -9,7 +9,7 @@ from tasks.core.stage import ShardWriter
 from tasks.tokenize.tokenizer import (
     CHAT_TEMPLATE,
     load_tokenizer,
-    record_texts,
+    tokenizer_corpus,
     tokenizer_digest,
     train_sample_tokenizer,
 )
@@ -90,4 +90,4 @@ def test_record_texts_reads_message_contents(tmp_path):
              "messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a2"}]}]
     with ShardWriter(tmp_path, RECORD_SCHEMA) as w:
         w.write(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA))
-    assert list(record_texts(tmp_path)) == ["q1", "a1", "a2"]
+    assert list(tokenizer_corpus(tmp_path)) == ["q1", "a1", "a2"]

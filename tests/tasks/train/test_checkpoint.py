@@ -8,31 +8,33 @@ import pytest
 import torch
 
 from tasks.train.checkpoint import STATE_FILE, list_checkpoints, load_latest_checkpoint, save_checkpoint
+from tasks.train.master import MasterWeights
 
 
 def make():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    weights = MasterWeights(list(model.named_parameters()))
+    optimizer = torch.optim.AdamW(weights.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
-    return model, optimizer, scheduler
+    return model, weights, optimizer, scheduler
 
 
 def test_resume_restores_weights_optimizer_scheduler_and_rngs(tmp_path):
-    model, optimizer, scheduler = make()
+    model, weights, optimizer, scheduler = make()
     model(torch.randn(2, 4)).sum().backward()
     optimizer.step()
     scheduler.step()
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)
-    save_checkpoint(tmp_path, 1, model, optimizer, scheduler,
+    save_checkpoint(tmp_path, 1, weights, optimizer, scheduler,
                     {"step": 1, "best_eval_loss": float("inf"), "cursor": {"seed": 0, "epoch": 0, "index": 5}})
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     torch.load(list_checkpoints(tmp_path)[-1] / STATE_FILE, weights_only=True)  # tensors and plain values only
 
-    fresh, fresh_opt, fresh_sched = make()
-    progress = load_latest_checkpoint(tmp_path, fresh, fresh_opt, fresh_sched)
+    fresh, fresh_weights, fresh_opt, fresh_sched = make()
+    progress = load_latest_checkpoint(tmp_path, fresh_weights, fresh_opt, fresh_sched)
     assert progress["cursor"] == {"seed": 0, "epoch": 0, "index": 5} and progress["best_eval_loss"] == float("inf")
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
     torch.testing.assert_close(fresh.weight, model.weight, rtol=0, atol=0)
@@ -52,11 +54,11 @@ class RunsCode:
 
 
 def test_a_state_file_that_would_run_code_is_refused_and_not_run(tmp_path):
-    model, optimizer, scheduler = make()
-    save_checkpoint(tmp_path / "ckpt", 2, model, optimizer, scheduler, {"step": 2})
+    model, weights, optimizer, scheduler = make()
+    save_checkpoint(tmp_path / "ckpt", 2, weights, optimizer, scheduler, {"step": 2})
     [ckpt] = list_checkpoints(tmp_path / "ckpt")
     marker = tmp_path / "code-ran"
     torch.save({"model": {}, "progress": RunsCode(marker)}, ckpt / STATE_FILE)
     with pytest.raises(RuntimeError, match="refusing to resume from .*state.pt"):
-        load_latest_checkpoint(tmp_path / "ckpt", model, optimizer, scheduler)
+        load_latest_checkpoint(tmp_path / "ckpt", weights, optimizer, scheduler)
     assert not marker.exists()
