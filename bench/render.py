@@ -215,6 +215,22 @@ def tokenize(docs: list[Any], view: str) -> list[str]:
     raise ValueError(f"tokenize/results.json: unknown view {view!r} (speed, packing)")
 
 
+def tokenize_masks(docs: list[Any]) -> list[str]:
+    """Structural masks against the text search they replaced and transformers' generation-block masks."""
+    paths = ["structural (peftpipe now)", "text search (before)", "apply_chat_template + mask"]
+    by = {(r["template"], r["path"]): r for r in docs[0]["results"]}
+    rows = []
+    for name in dict.fromkeys(r["template"] for r in docs[0]["results"]):
+        cells = []
+        for path in paths:
+            r = by.get((name, path))
+            cells.append(f"{num(r['tokens_per_s'])} ({num(r['cpu_s'], 1)} s, {num(r['peak_mib'], 1)})" if r
+                         else "not possible: no generation blocks")
+        rows.append([name.replace("{% generation %}", "`{% generation %}`"), *cells])
+    return table(["template", "structural tok/s (CPU s, peak MiB)", "text search, before (CPU s, peak MiB)",
+                  "apply_chat_template + mask (CPU s, peak MiB)"], rows)
+
+
 # ---- filters -------------------------------------------------------------------------------------------
 
 def filters(docs: list[Any], view: str) -> list[str]:
@@ -380,6 +396,7 @@ TABLES: dict[str, Callable[..., list[str]]] = {
     "train/adapter_precision_results.json": train_precision,
     "train/speed_results_issue19.json": train_issue19,
     "tokenize/results.json": tokenize,
+    "tokenize/masks_results.json": tokenize_masks,
     "filters/results.json": filters,
     "ingest/results_*.json": ingest,
     "orchestration/results.json": orchestration,

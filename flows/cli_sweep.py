@@ -43,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     from flows.sweep import sweep_flow
-    from tasks.sweep.compare import markdown_table
+    from tasks.sweep.compare import markdown_table, table_columns
 
     result = sweep_flow(sweep)
-    print("\n" + markdown_table(result.rows))
+    print("\n" + markdown_table(result.rows, table_columns(result.rows)))
     print(f"comparison: {result.out_dir.resolve()}")
     print(f"MLflow:     parent run {result.parent_run_id}: {result.run_url}  (start the UI with `make ui`)")
     if result.failed:

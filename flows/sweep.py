@@ -9,7 +9,9 @@ One parent MLflow run; under it, one child run per distinct curation setting and
    variants with different tokenizers would have eval losses in different units.
 3. Per variant: its training records beside the **shared eval set** (the reference curation's eval split, see
    ``tasks.sweep.compare.shared_eval_split``), tokenize, train, evaluate base vs adapter, log to its child run.
-4. Compare: a table and a plot of eval loss against records kept, in Prefect and on the parent MLflow run.
+4. Compare: a table ranked by task score (``evaluate.rank_metric`` on the shared eval set; eval loss where no
+   variant has one) and a plot of it against records kept, in Prefect and on the parent MLflow run. The best
+   variant's adapter is registered with the alias ``best``.
 
 Why the reference curation's eval split: it is the clean data the user starts from, cleaned by the base
 filters, and the split hashes record ids, so the same id is held out in every variant. A variant's own eval
@@ -31,11 +33,15 @@ from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from schemas.sweep import SweepConfig, Variant, curation_settings, expand_variants, reference_config
 from tasks.core.stage import StageOutput, digest
-from tasks.evaluate.stage import evaluate_adapter
+from tasks.evaluate.leakcheck import holdout_eval_sets_task
+from tasks.evaluate.report import log_task_results
+from tasks.evaluate.scoring import rank_value
+from tasks.evaluate.stage import evaluate_task
 from tasks.sweep.compare import VariantResult, publish_comparison, shared_eval_split_task
 from tasks.tokenize.stage import tokenize_task
 from tasks.track import runs as tracking
 from tasks.track.artifacts import publish_link
+from tasks.track.model_registry import BEST_ALIAS, log_adapter_model, model_id_of, register_with_alias
 from tasks.train.model import prepare_base_model_task
 from tasks.train.recipe import train_task
 
@@ -49,10 +55,12 @@ class SweepResult:
     rows: list[dict[str, Any]]  # the comparison table, best first
     out_dir: Path  # comparison.{json,md,png}, generations.json
     failed: list[str]  # names of variants that raised
+    best_model_version: str | None = None  # "<registered name>/<version>" that the alias 'best' points at
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The row of the lowest eval loss (rows are sorted; a failed variant has no loss and sorts last)."""
+        """The first row: the highest task score, or the lowest eval loss where no variant has a task score
+        (rows are sorted; a failed variant sorts last)."""
         return next((r for r in self.rows if r["variant"] not in self.failed), None)
 
 
@@ -87,12 +95,13 @@ def run_variant(variant: Variant, curated: CurateResult, reference: StageOutput,
     cfg = variant.config
     for stage in curated.stages:
         tracking.log_ledger(stage)
-    split = shared_eval_split_task(curated.split, reference, sweep, cfg.workdir)
+    shared = shared_eval_split_task(curated.split, reference, sweep, cfg.workdir)
+    split = holdout_eval_sets_task(shared, cfg)  # separate eval sets never reach training
     tokenized = tokenize_task(split, base, cfg)
-    for stage in (split, tokenized):
+    for stage in dict.fromkeys((shared, split, tokenized)):
         tracking.log_ledger(stage)
     trained = train_task(tokenized, base, cfg, run_id)
-    evaluation = evaluate_adapter(tokenized.path, base, Path(trained["adapter_dir"]), cfg, n_samples=sweep.samples)
+    evaluation = evaluate_task(tokenized, base, Path(trained["adapter_dir"]), cfg, split, n_samples=sweep.samples)
     records_kept = curated.split.ledger.kept
     train_records = int(split.ledger.extra["train"])
     metrics = {**trained, **evaluation}
@@ -101,16 +110,21 @@ def run_variant(variant: Variant, curated: CurateResult, reference: StageOutput,
              "eval_loss_delta": evaluation["eval_loss_delta"], "records_kept": records_kept,
              "train_records": train_records, "eval_records": int(split.ledger.extra["eval"]),
              "train_loss": trained["train_loss"], "tokens": trained["tokens"],
-             "max_abs_logit_diff": evaluation["max_abs_logit_diff"]}
+             "max_abs_logit_diff": evaluation["max_abs_logit_diff"],
+             "task_score": rank_value(evaluation.get("task") or [], cfg.evaluate.rank_metric)}
     # Logged at the last step so these, not the per-step training history, are what the compare view shows.
-    mlflow.log_metrics({k: float(v) for k, v in final.items()}, step=int(trained["steps"]))
+    mlflow.log_metrics({k: float(v) for k, v in final.items() if v == v}, step=int(trained["steps"]))
     if evaluation["samples"]:
         samples = evaluation["samples"]
         mlflow.log_table({k: [s[k] for s in samples] for k in ("prompt", "base", "adapter")},
                          artifact_file="samples.json")
     mlflow.log_artifacts(trained["adapter_dir"], artifact_path="adapter")
+    # A logged (not yet registered) model per variant, so its task metrics rank it on the Models page too.
+    model_uri = log_adapter_model(Path(trained["adapter_dir"]), base, cfg, register=False)
+    log_task_results(evaluation, cfg.name, model_id_of(model_uri), step=int(trained["steps"]),
+                     table_rows=cfg.evaluate.table_rows)
     return VariantResult(variant.name, variant.overrides, run_id, curated.split.key[:8], records_kept,
-                         train_records, metrics, evaluation["samples"], cfg.adapter.method)
+                         train_records, metrics, evaluation["samples"], cfg.adapter.method, model_uri)
 
 
 @flow(name="sweep", log_prints=True)
@@ -151,15 +165,31 @@ def sweep_flow(sweep: SweepConfig) -> SweepResult:
                                                  method=variant.config.adapter.method))
                     continue
             results.append(result)
-            log.info("  eval loss %.4f (base %.4f), %d records kept", result.metrics["adapter_eval_loss"],
-                     result.metrics["base_eval_loss"], result.records_kept)
+            log.info("  eval loss %.4f (base %.4f), task score %.4f, %d records kept",
+                     result.metrics["adapter_eval_loss"], result.metrics["base_eval_loss"],
+                     rank_value(result.metrics.get("task") or [], variant.config.evaluate.rank_metric),
+                     result.records_kept)
 
         out_dir = Path(ref.workdir) / "sweeps" / f"{sweep.name}-{parent_id[:8]}"
-        rows = publish_comparison(results, out_dir, sweep.name)
+        rows = publish_comparison(results, out_dir, sweep.name, ref.evaluate.rank_metric)
+        best_version = register_best(rows, failed, ref, sweep.name)
         url = tracking.run_url(parent, ref.tracking.tracking_uri)
         publish_link("sweep-mlflow-run", url, f"MLflow sweep run {parent_id}",
                      description="Parent run; its child runs are the variants (select them and press Compare)")
         if failed:
             mlflow.set_tag("peftpipe.failed_variants", ", ".join(failed)[:5000])
         log.info("comparison written to %s", out_dir)
-    return SweepResult(parent_id, url, rows, out_dir, failed)
+    return SweepResult(parent_id, url, rows, out_dir, failed, best_version)
+
+
+def register_best(rows: list[dict[str, Any]], failed: list[str], ref: PipelineConfig, sweep_name: str) -> str | None:
+    """Register the best finished variant's adapter under the config's registered name with alias 'best'."""
+    best = next((r for r in rows if r["variant"] not in failed and r.get("model_uri")), None)
+    if best is None:
+        return None
+    name = ref.tracking.register_as or ref.name
+    version = register_with_alias(best["model_uri"], name, BEST_ALIAS, tags={
+        "sweep": sweep_name, "variant": best["variant"], "run_id": best["run_id"],
+        "task_score": str(best.get("task_score")), "eval_loss": str(best["eval_loss"])})
+    mlflow.set_tags({"peftpipe.best_model_version": f"{name}/{version}", "peftpipe.best_alias": BEST_ALIAS})
+    return f"{name}/{version}"

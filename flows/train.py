@@ -11,11 +11,13 @@ from prefect import flow, get_run_logger
 from flows.curate import CurateResult, curate_flow
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
+from tasks.evaluate.leakcheck import holdout_eval_sets_task
+from tasks.evaluate.report import log_task_results
 from tasks.evaluate.stage import evaluate_task
 from tasks.tokenize.stage import tokenize_task
 from tasks.track import runs as tracking
 from tasks.track.artifacts import publish_link
-from tasks.track.model_registry import log_adapter_model
+from tasks.track.model_registry import log_adapter_model, model_id_of
 from tasks.train.model import prepare_base_model_task
 from tasks.train.recipe import train_task
 
@@ -36,17 +38,23 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
     with mlflow_run(cfg, "train") as run:
         if curated is None:
             curated = curate_flow(cfg)
-        base = prepare_base_model_task(cfg, curated.split)
-        tokenized = tokenize_task(curated.split, base, cfg)
+        split = holdout_eval_sets_task(curated.split, cfg)  # separate eval sets never reach training
+        if split.key != curated.split.key:
+            tracking.log_ledger(split)
+        base = prepare_base_model_task(cfg, split)
+        tokenized = tokenize_task(split, base, cfg)
         tracking.log_ledger(tokenized)
         tracking.log_tokenized_dataset(tokenized, cfg.name)
         trained = train_task(tokenized, base, cfg, run.info.run_id)
         adapter_dir = Path(trained["adapter_dir"])
-        evaluation = evaluate_task(tokenized, base, adapter_dir, cfg)
+        evaluation = evaluate_task(tokenized, base, adapter_dir, cfg, split)
         mlflow.log_metrics({f"final.{k}": float(v) for k, v in {**trained, **evaluation}.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
         model_uri = log_adapter_model(adapter_dir, base, cfg)
+        # After the model is logged: MLflow 3 links each task metric to its LoggedModel and eval set.
+        log_task_results(evaluation, cfg.name, model_id_of(model_uri), step=int(trained["steps"]),
+                         table_rows=cfg.evaluate.table_rows)
         url = tracking.run_url(run, cfg.tracking.tracking_uri)
         publish_link("mlflow-run", url, f"MLflow run {run.info.run_id}", description="Where this run is tracked")
         log.info("adapter: %s", adapter_dir)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from schemas.base import StrictModel
 from schemas.dedup import DedupConfig
+from schemas.evaluate import EvalConfig
 from schemas.filters import FilterConfig, SplitConfig
 from schemas.ingest import IngestConfig
 from schemas.tokenize import TokenizeConfig
@@ -30,6 +31,7 @@ class PipelineConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

@@ -51,6 +51,9 @@ class SweepConfig(StrictModel):
     variants: list[dict[str, Any]] = Field(default_factory=list, description=(
         "Extra variants, each a mapping of 'section.key' -> value, run after the grid's."))
     include_base: bool = Field(False, description="Also run the base config itself as a variant named 'base'.")
+    seeds: list[int] = Field(default_factory=list, description=(
+        "Run every variant once per seed (as train.seed: weights init, data order, dropout), so each setting's "
+        "spread over seeds can be measured; empty: each variant once, with the base config's seed."))
     eval_overlap_ngram: int = Field(8, ge=1, description=(
         "Word n-gram size of the leak check between a variant's train records and the shared eval set."))
     eval_overlap_max: float = Field(0.5, ge=0, le=1, description=(
@@ -186,6 +189,11 @@ def variant_overrides(sweep: SweepConfig) -> list[dict[str, Any]]:
         keys = list(sweep.grid)
         out += [dict(zip(keys, values)) for values in itertools.product(*(sweep.grid[k] for k in keys))]
     out += [dict(v) for v in sweep.variants]
+    if sweep.seeds:
+        clash = [i + 1 for i, o in enumerate(out) if "train.seed" in o]
+        if clash:
+            raise ConfigError(f"variants {clash} set train.seed, which 'seeds' already sets for every variant")
+        out = [{**o, "train.seed": seed} for o in out for seed in sweep.seeds]
     return out
 
 

@@ -36,6 +36,17 @@ class AdapterConfig(StrictModel):
         "float32", description="LoRA weights in fp32 (peft's default; the LoRA matmuls then run in fp32/TF32) "
                                "or in the model's dtype, bf16 on CUDA (less memory traffic; the optimizer still "
                                "steps fp32 master copies unless train.master_weights is off).")
+    init: Literal["default", "gaussian", "loftq"] = Field(
+        "default", description="How the LoRA weights start: 'default' (A random, B zero, so training starts from "
+                               "the base itself), 'gaussian' (A Gaussian), or 'loftq' (QLoRA only, CUDA: A and B "
+                               "start as a rank-r SVD fit of what NF4 rounding took from each weight, read from the "
+                               "base's local safetensors, so training starts closer to the unquantized base).")
+
+    @model_validator(mode="after")
+    def _loftq_needs_qlora(self) -> AdapterConfig:
+        if self.init == "loftq" and self.method != "qlora":
+            raise ValueError("adapter.init 'loftq' fits the NF4 quantization error: it needs adapter.method 'qlora'")
+        return self
 
 
 class TrainConfig(StrictModel):

@@ -1,5 +1,6 @@
 """Evaluate a trained adapter against its base: held-out loss and perplexity of both, proof that the adapter
-changes the model's output, and a few greedy generations from eval prompts to read."""
+changes the model's output, a few greedy generations to read, and task metrics of both models' answers on
+every eval set (``tasks.evaluate.scoring``)."""
 from __future__ import annotations
 
 import json
@@ -11,14 +12,26 @@ import numpy as np
 import torch
 from prefect import task
 
+from schemas.evaluate import EvalConfig
 from schemas.pipeline import PipelineConfig
 from schemas.tokenize import IGNORE_INDEX
-from tasks.core.stage import StageOutput, digest
+from tasks.core.stage import StageOutput, code_version, digest
+from tasks.evaluate.evalsets import EvalSet, eval_sets_digest, file_set, heldout_set
+from tasks.evaluate.scoring import flat_metrics, score_sets
 from tasks.train.data import Row, load_rows
 from tasks.train.loss import mean_eval_loss, use_fused_loss
 from tasks.train.model import load_base_model, load_base_tokenizer, resolve_device, set_cpu_threads
 
 FIXED_PROMPT = [{"role": "user", "content": "Name three primary colours."}]
+
+
+def load_eval_sets(cfg: EvalConfig, eval_records_dir: Path | None) -> list[EvalSet]:
+    """The curated eval split (when ``cfg.heldout`` and a records dir is given) and every configured file."""
+    sets = []
+    if cfg.heldout and eval_records_dir is not None and Path(eval_records_dir).is_dir():
+        sets.append(heldout_set(Path(eval_records_dir), cfg.family_field, cfg.max_items))
+    sets.extend(file_set(s, cfg.max_items) for s in cfg.eval_sets)
+    return sets
 
 
 def prompt_ids(row: Row) -> list[int]:
@@ -47,20 +60,22 @@ def generate(model, tokenizer, ids: list[int], device: torch.device, max_new_tok
 
 
 def evaluate_adapter(tokenized_dir: Path, base: str, adapter_dir: Path, cfg: PipelineConfig,
-                     n_samples: int = 2) -> dict:
+                     n_samples: int = 2, eval_records_dir: Path | None = None) -> dict:
     """See ``_evaluate_adapter``; restores the process's CPU thread count afterwards."""
     threads = torch.get_num_threads()
     try:
-        return _evaluate_adapter(Path(tokenized_dir), base, Path(adapter_dir), cfg, n_samples)
+        return _evaluate_adapter(Path(tokenized_dir), base, Path(adapter_dir), cfg, n_samples, eval_records_dir)
     finally:
         torch.set_num_threads(threads)
 
 
 def _evaluate_adapter(tokenized_dir: Path, base: str, adapter_dir: Path, cfg: PipelineConfig,
-                      n_samples: int) -> dict:
+                      n_samples: int, eval_records_dir: Path | None) -> dict:
     """Eval loss and perplexity of the base and of base + adapter on ``tokenized_dir/eval``; the largest
-    absolute logit difference the adapter makes on a fixed prompt (> 0 means it changes the model); and
-    ``n_samples`` greedy generations, with and without the adapter, from eval prompts."""
+    absolute logit difference the adapter makes on a fixed prompt (> 0 means it changes the model);
+    ``n_samples`` greedy generations, with and without the adapter, from eval prompts; and, with
+    ``evaluate.task_metrics``, both models' answers to every eval set scored (``task``, flattened into
+    MLflow metric names in ``task_metrics``). ``eval_records_dir`` holds the curated eval split's records."""
     from peft import PeftModel
 
     device = resolve_device(cfg.train)
@@ -92,24 +107,35 @@ def _evaluate_adapter(tokenized_dir: Path, base: str, adapter_dir: Path, cfg: Pi
         samples.append({"prompt": tokenizer.decode(ids, skip_special_tokens=False),
                         "adapter": generate(model, tokenizer, ids, device), "base": base_text})
 
+    sets = load_eval_sets(cfg.evaluate, eval_records_dir) if cfg.evaluate.task_metrics else []
+    task_results = score_sets(model, tokenizer, sets, cfg.evaluate, device)
+
     def ppl(loss: float) -> float:
         return math.exp(min(loss, 50.0)) if math.isfinite(loss) else float("nan")
     return {"base_eval_loss": base_loss, "adapter_eval_loss": adapter_loss,
             "base_perplexity": ppl(base_loss), "adapter_perplexity": ppl(adapter_loss),
             "eval_loss_delta": adapter_loss - base_loss, "max_abs_logit_diff": max_diff,
-            "adapter_changes_output": max_diff > 0, "samples": samples}
+            "adapter_changes_output": max_diff > 0, "samples": samples,
+            "task": task_results, "task_metrics": flat_metrics(task_results)}
 
 
 @task(name="evaluate")
-def evaluate_task(tokenized: StageOutput, base: str, adapter_dir: Path, cfg: PipelineConfig) -> dict:
-    """Prefect wrapper over ``evaluate_adapter`` for the tokenized stage's eval split.
+def evaluate_task(tokenized: StageOutput, base: str, adapter_dir: Path, cfg: PipelineConfig,
+                  records: StageOutput | None = None, n_samples: int = 2) -> dict:
+    """Prefect wrapper over ``evaluate_adapter`` for the tokenized stage's eval split and the eval records of
+    ``records`` (a split-shaped stage: ``records.data('eval')``).
 
-    The result is kept beside the adapter, keyed by the eval split, so a cached rerun does not evaluate again.
+    The result is kept beside the adapter, keyed by the eval data, the evaluate config and the eval set files,
+    so a cached rerun does not evaluate again.
     """
-    cached = Path(adapter_dir).parent / f"evaluation-{digest(tokenized.key, base)}.json"
+    key = digest(code_version("tasks.evaluate"), tokenized.key, base, records.key if records else None,
+                 cfg.evaluate.cache_settings(),
+                 eval_sets_digest(cfg.evaluate), n_samples)
+    cached = Path(adapter_dir).parent / f"evaluation-{key}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    result = evaluate_adapter(tokenized.path, base, Path(adapter_dir), cfg)
+    result = evaluate_adapter(tokenized.path, base, Path(adapter_dir), cfg, n_samples,
+                              records.data("eval") if records else None)
     tmp = cached.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(result, default=str))
     os.replace(tmp, cached)  # atomic: a killed run never leaves half a result

@@ -1,8 +1,10 @@
 """What makes a sweep's variants comparable, and the comparison itself.
 
 * ``shared_eval_split``: a variant's training records beside the one eval set every variant is measured on.
-* ``comparison_rows`` / ``plot_loss_vs_records`` / ``publish_comparison``: the result table and the plot of eval
-  loss against records kept, as Prefect artifacts and as MLflow artifacts of the sweep's parent run.
+* ``comparison_rows`` / ``plot_loss_vs_records`` / ``publish_comparison``: the result table, ranked by task score
+  (``evaluate.rank_metric`` of the adapters' answers on the first eval set) where the variants have one and by
+  eval loss otherwise, and the plot of that score against records kept, as Prefect artifacts and as MLflow
+  artifacts of the sweep's parent run.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from prefect import task
 
 from schemas.record import RECORD_SCHEMA, REJECT_SCHEMA
 from schemas.sweep import SweepConfig
-from tasks.core.records import record_text
 from tasks.core.stage import (
     Ledger,
     ShardWriter,
@@ -30,15 +31,11 @@ from tasks.core.stage import (
     run_stage,
     with_reject_columns,
 )
+from tasks.evaluate.leakcheck import overlap_shares, record_texts
 from tasks.filters.decontam import ngram_hashes
 from tasks.track.artifacts import artifact_key, in_run, publish_markdown, publish_table
 
 STAGE = "shared_eval_split"
-
-
-def record_texts(table: pa.Table) -> list[str]:
-    """Every turn of each record ("all" of schemas.record.TEXT_ROLES): what the leak check compares."""
-    return record_text(table.column("messages"), "all").to_pylist()
 
 
 def eval_index(eval_dir: Path, ngram: int, writer: ShardWriter | None = None) -> tuple[set[str], np.ndarray]:
@@ -52,16 +49,6 @@ def eval_index(eval_dir: Path, ngram: int, writer: ShardWriter | None = None) ->
         if writer is not None:
             writer.write(table)
     return ids, np.unique(np.concatenate(grams)) if grams else np.empty(0, np.uint64)
-
-
-def overlap_shares(texts: list[str], index: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per text: how many of its n-grams are in ``index``, and how many it has."""
-    grams, owner = ngram_hashes(texts, ngram)
-    totals = np.bincount(owner, minlength=len(texts))
-    if len(index) == 0 or len(grams) == 0:
-        return np.zeros(len(texts), np.int64), totals
-    pos = np.minimum(np.searchsorted(index, grams), len(index) - 1)
-    return np.bincount(owner[index[pos] == grams], minlength=len(texts)), totals
 
 
 def shared_eval_split(variant_split: Path, eval_dir: Path, ngram: int, max_overlap: float, out: Path) -> Ledger:
@@ -110,7 +97,8 @@ def shared_eval_split(variant_split: Path, eval_dir: Path, ngram: int, max_overl
 def shared_eval_split_task(variant: StageOutput, reference: StageOutput, sweep: SweepConfig, workdir: str
                            ) -> StageOutput:
     """Prefect wrapper: the variant's split stage beside the reference split's eval set, content-addressed."""
-    key = digest(STAGE, code_version("tasks.sweep.compare", "tasks.core.stage"), sweep.eval_overlap_ngram, sweep.eval_overlap_max, variant.key,
+    code = code_version("tasks.sweep.compare", "tasks.evaluate.leakcheck", "tasks.core.stage")
+    key = digest(STAGE, code, sweep.eval_overlap_ngram, sweep.eval_overlap_max, variant.key,
                  reference.key)
     return run_stage(workdir, STAGE, key, lambda tmp: shared_eval_split(
         variant.path, reference.data("eval"), sweep.eval_overlap_ngram, sweep.eval_overlap_max, tmp))
@@ -131,10 +119,12 @@ class VariantResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)
     method: str = "lora"  # QLoRA's base is NF4-quantized, so its base_eval_loss differs a little from LoRA's
+    model_uri: str | None = None  # the variant's adapter as a logged MLflow model (the best one is registered)
 
 
-COLUMNS = ("rank", "variant", "method", "records_kept", "train_records", "curation", "eval_loss", "perplexity",
-           "base_eval_loss", "eval_loss_delta", "train_loss", "steps")
+COLUMNS = ("rank", "variant", "method", "records_kept", "train_records", "curation", "task_score", "base_task_score",
+           "eval_loss", "perplexity", "base_eval_loss", "eval_loss_delta", "train_loss", "steps")
+FAMILY = "family:"  # prefix of the per-family task score columns
 
 
 def _num(x: Any) -> float:
@@ -144,21 +134,65 @@ def _num(x: Any) -> float:
         return float("nan")
 
 
-def comparison_rows(results: list[VariantResult]) -> list[dict[str, Any]]:
-    """One row per variant, best (lowest adapter eval loss) first; a failed variant (NaN loss) sorts last."""
+def _task_scores(task: list[dict] | None, model: str, metric: str) -> dict[str, float]:
+    """``metric`` of ``model`` on the first scored eval set: {"": overall, family: ...}."""
+    for res in task or []:
+        groups = res.get(model) or {}
+        if "" in groups:
+            return {g: _num(row.get(metric)) for g, row in groups.items()}
+    return {}
+
+
+def ranks_by_task(rows: list[dict[str, Any]]) -> bool:
+    """Whether the rows are ranked by task score: any variant has one."""
+    return any(math.isfinite(r.get("task_score", math.nan)) for r in rows)
+
+
+def comparison_rows(results: list[VariantResult], rank_metric: str = "normalized_exact_match"
+                    ) -> list[dict[str, Any]]:
+    """One row per variant, best first: highest task score (``rank_metric``, overall, on the first eval set;
+    ties by lower eval loss) when any variant has one, else lowest eval loss; a failed variant sorts last.
+    Each family's score is a ``family:<name>`` column."""
     rows = []
     for r in results:
         m = r.metrics
+        adapter = _task_scores(m.get("task"), "adapter", rank_metric)
+        base = _task_scores(m.get("task"), "base", rank_metric)
         rows.append({"variant": r.name, "method": r.method, "records_kept": r.records_kept, "train_records": r.train_records,
-                     "curation": r.curation, "eval_loss": _num(m.get("adapter_eval_loss")),
+                     "curation": r.curation, "task_metric": rank_metric, "task_score": adapter.get("", math.nan),
+                     "base_task_score": base.get("", math.nan), "eval_loss": _num(m.get("adapter_eval_loss")),
                      "perplexity": _num(m.get("adapter_perplexity")), "base_eval_loss": _num(m.get("base_eval_loss")),
                      "eval_loss_delta": _num(m.get("eval_loss_delta")), "train_loss": _num(m.get("train_loss")),
                      "steps": int(_num(m.get("steps"))) if math.isfinite(_num(m.get("steps"))) else 0,
-                     "overrides": json.dumps(r.overrides, sort_keys=True), "run_id": r.run_id})
-    rows.sort(key=lambda row: (not math.isfinite(row["eval_loss"]), row["eval_loss"], row["variant"]))
+                     **{f"{FAMILY}{g}": v for g, v in sorted(adapter.items()) if g},
+                     "overrides": json.dumps(r.overrides, sort_keys=True), "run_id": r.run_id,
+                     "model_uri": r.model_uri})
+    if ranks_by_task(rows):
+        rows.sort(key=lambda row: (not math.isfinite(row["task_score"]), -row["task_score"] if
+                                   math.isfinite(row["task_score"]) else 0.0, _loss_key(row), row["variant"]))
+    else:
+        rows.sort(key=lambda row: (not math.isfinite(row["eval_loss"]), _loss_key(row), row["variant"]))
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     return [{"rank": row.pop("rank"), **row} for row in rows]
+
+
+def _loss_key(row: dict[str, Any]) -> float:
+    return row["eval_loss"] if math.isfinite(row["eval_loss"]) else math.inf
+
+
+def score_key(rows: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """(column, axis label, base column) of what the rows are ranked by."""
+    if ranks_by_task(rows):
+        return "task_score", f"task score ({rows[0]['task_metric']})", "base_task_score"
+    return "eval_loss", "eval loss", "base_eval_loss"
+
+
+def table_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """COLUMNS plus the per-family score columns present."""
+    families = list(dict.fromkeys(k for r in rows for k in r if k.startswith(FAMILY)))
+    at = COLUMNS.index("base_task_score") + 1
+    return COLUMNS[:at] + tuple(families) + COLUMNS[at:]
 
 
 def _cell(value: Any) -> str:
@@ -183,27 +217,29 @@ def generation_rows(results: list[VariantResult]) -> list[dict[str, str]]:
 
 
 def plot_loss_vs_records(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Scatter of adapter eval loss against records kept, one labelled point per variant, the base as a line."""
+    """Scatter of what the rows are ranked by (task score, else eval loss) against records kept, one labelled
+    point per variant, the base model as a line."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a worker
     import matplotlib.pyplot as plt
 
+    key, label_y, base_key = score_key(rows) if rows else ("eval_loss", "eval loss", "base_eval_loss")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    points = [r for r in rows if math.isfinite(r["eval_loss"])]
-    ax.scatter([r["records_kept"] for r in points], [r["eval_loss"] for r in points], s=40, zorder=3)
+    points = [r for r in rows if math.isfinite(r[key])]
+    ax.scatter([r["records_kept"] for r in points], [r[key] for r in points], s=40, zorder=3)
     for i, r in enumerate(points):  # labels alternate above and below, so near points stay readable
-        ax.annotate(f"{r['rank']}. {r['variant']}", (r["records_kept"], r["eval_loss"]), textcoords="offset points",
+        ax.annotate(f"{r['rank']}. {r['variant']}", (r["records_kept"], r[key]), textcoords="offset points",
                     xytext=(5, 4 if i % 2 == 0 else -10), fontsize=7)
-    bases = {r["method"]: r["base_eval_loss"] for r in reversed(rows) if math.isfinite(r["base_eval_loss"])}
+    bases = {r["method"]: r[base_key] for r in reversed(rows) if math.isfinite(r[base_key])}
     for (method, loss), style in zip(sorted(bases.items()), ("--", ":")):
         label = "base model" + (" in NF4 (QLoRA)" if method == "qlora" else "")
         ax.axhline(loss, color="grey", linestyle=style, linewidth=1, label=f"{label} ({loss:.3f})")
     if bases:
         ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("records kept by curation")
-    ax.set_ylabel("eval loss on the shared eval set")
-    ax.set_title(title or "eval loss vs records kept", fontsize=10)
+    ax.set_ylabel(f"{label_y} on the shared eval set")
+    ax.set_title(title or f"{label_y} vs records kept", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -215,44 +251,52 @@ def plot_loss_vs_records(rows: list[dict[str, Any]], path: Path, title: str = ""
 
 def text_plot(rows: list[dict[str, Any]], width: int = 56, height: int = 12) -> str:
     """The same scatter in characters (renders anywhere markdown does): point k is the variant ranked k."""
-    points = [r for r in rows if math.isfinite(r["eval_loss"])]
+    key = score_key(rows)[0] if rows else "eval_loss"
+    points = [r for r in rows if math.isfinite(r[key])]
     if not points:
         return "(no finished variant)"
-    xs, ys = [r["records_kept"] for r in points], [r["eval_loss"] for r in points]
+    xs, ys = [r["records_kept"] for r in points], [r[key] for r in points]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     grid = [[" "] * width for _ in range(height)]
     for r, x, y in zip(points, xs, ys):
         col = 0 if x1 == x0 else round((x - x0) / (x1 - x0) * (width - 1))
-        line = 0 if y1 == y0 else round((y1 - y) / (y1 - y0) * (height - 1))
+        # the best variant at the bottom: a loss grows upwards, a task score downwards
+        frac = 0.0 if y1 == y0 else ((y1 - y) / (y1 - y0) if key == "eval_loss" else (y - y0) / (y1 - y0))
+        line = round(frac * (height - 1))
         mark = str(r["rank"]) if r["rank"] < 10 else "*"
         grid[line][col] = mark if grid[line][col] == " " else "+"
-    lines = [f"{y1:8.4f} |" + "".join(grid[0])] + ["         |" + "".join(g) for g in grid[1:-1]]
-    lines += [f"{y0:8.4f} |" + "".join(grid[-1]), "         +" + "-" * width,
+    top, bottom = (y1, y0) if key == "eval_loss" else (y0, y1)
+    lines = [f"{top:8.4f} |" + "".join(grid[0])] + ["         |" + "".join(g) for g in grid[1:-1]]
+    lines += [f"{bottom:8.4f} |" + "".join(grid[-1]), "         +" + "-" * width,
               f"          {x0:<{width // 2}}{x1:>{width - width // 2}}", "          records kept ->"]
     return "\n".join(lines)
 
 
 def comparison_markdown(rows: list[dict[str, Any]], sweep_name: str) -> str:
-    best = rows[0] if rows and math.isfinite(rows[0]["eval_loss"]) else None
+    key, label, base_key = score_key(rows) if rows else ("eval_loss", "eval loss", "base_eval_loss")
+    best = rows[0] if rows and math.isfinite(rows[0][key]) else None
     head = f"# Sweep `{sweep_name}`: {len(rows)} variants\n\n"
     if best:
-        head += (f"Best: **{best['variant']}**, eval loss {best['eval_loss']:.4f} (base model "
-                 f"{best['base_eval_loss']:.4f}) with {best['records_kept']} records kept.\n\n")
+        head += (f"Best: **{best['variant']}**, {label} {best[key]:.4f} (base model "
+                 f"{best[base_key]:.4f}), eval loss {best['eval_loss']:.4f}, with {best['records_kept']} records "
+                 f"kept.\n\n")
     legend = "\n".join(f"{r['rank']}. {r['variant']}" for r in rows)
-    return (head + markdown_table(rows) + "\n## Eval loss vs records kept\n\n```\n" + text_plot(rows) + "\n```\n\n"
+    return (head + markdown_table(rows, table_columns(rows)) + f"\n## {label[0].upper() + label[1:]} vs records "
+            f"kept\n\n```\n" + text_plot(rows) + "\n```\n\n"
             + legend + "\n\nEvery variant is measured on the same eval set, with the same base model and "
                        "tokenizer: base_eval_loss is equal across rows of one method (QLoRA's base is the "
                        "same model quantized to NF4, so its base loss differs slightly).\n")
 
 
-def publish_comparison(results: list[VariantResult], out_dir: Path, sweep_name: str) -> list[dict[str, Any]]:
+def publish_comparison(results: list[VariantResult], out_dir: Path, sweep_name: str,
+                       rank_metric: str = "normalized_exact_match") -> list[dict[str, Any]]:
     """Write comparison.{json,md,png} and generations.json to ``out_dir``; publish them as Prefect artifacts
     and, when an MLflow run is active (the sweep's parent), as its artifacts, metrics and tags."""
     import mlflow
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = comparison_rows(results)
+    rows = comparison_rows(results, rank_metric)
     gens = generation_rows(results)
     md = comparison_markdown(rows, sweep_name)
     (out_dir / "comparison.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -278,10 +322,12 @@ def publish_comparison(results: list[VariantResult], out_dir: Path, sweep_name: 
         mlflow.log_artifact(str(png), artifact_path="sweep")
         mlflow.log_artifact(str(out_dir / "comparison.md"), artifact_path="sweep")
         mlflow.set_tag("mlflow.note.content", md[:60_000])  # the run page's description shows the table
-        finite = [r for r in rows if math.isfinite(r["eval_loss"])]
+        key = score_key(rows)[0] if rows else "eval_loss"
+        finite = [r for r in rows if math.isfinite(r[key])]
         if finite:
-            mlflow.log_metrics({"best_eval_loss": finite[0]["eval_loss"],
-                                "base_eval_loss": finite[0]["base_eval_loss"]})
+            best = {"best_eval_loss": finite[0]["eval_loss"], "base_eval_loss": finite[0]["base_eval_loss"],
+                    "best_task_score": finite[0]["task_score"], "base_task_score": finite[0]["base_task_score"]}
+            mlflow.log_metrics({k: v for k, v in best.items() if math.isfinite(v)})
             mlflow.set_tags({"peftpipe.best_variant": finite[0]["variant"],
                              "peftpipe.best_run_id": finite[0]["run_id"]})
     return rows

@@ -17,6 +17,7 @@ import mlflow.pyfunc
 from schemas.pipeline import PipelineConfig
 
 CANDIDATE_ALIAS = "candidate"
+BEST_ALIAS = "best"  # a sweep's best variant (tasks.sweep.compare ranks them)
 BUNDLE_BASE_MAX_BYTES = 256 * 2**20  # bases up to this size travel inside the model
 _REQUIREMENTS = ("torch", "transformers", "peft", "safetensors", "tokenizers", "mlflow")
 
@@ -83,14 +84,14 @@ def _registered_version(name: str, adapter_key: str):
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
-def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig) -> str:
+def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig, register: bool = True) -> str:
     """Log the adapter as a pyfunc model into the active MLflow run, register it under
     ``cfg.tracking.register_as`` (or ``cfg.name``) and point the alias 'candidate' at the new version.
-    Returns the logged model's URI."""
+    Returns the logged model's URI. ``register=False`` only logs it (a sweep registers its best variant)."""
     adapter_dir = Path(adapter_dir)
     name = cfg.tracking.register_as or cfg.name
     adapter_key = adapter_dir.parent.name  # the content-addressed training output this adapter came from
-    if (existing := _registered_version(name, adapter_key)) is not None:
+    if register and (existing := _registered_version(name, adapter_key)) is not None:
         # A cached rerun: the same adapter is already registered; point the alias and this run at it instead
         # of logging and registering a copy (the slowest part of a rerun).
         mlflow.MlflowClient().set_registered_model_alias(name, CANDIDATE_ALIAS, existing.version)
@@ -105,11 +106,14 @@ def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig) -> str:
                     "max_new_tokens": 64, "method": cfg.adapter.method, "r": adapter_config.get("r")}
     info = mlflow.pyfunc.log_model(
         name="adapter", python_model=AdapterGenerator(), artifacts=artifacts, model_config=model_config,
-        registered_model_name=name, pip_requirements=_requirements(),
+        registered_model_name=name if register else None, pip_requirements=_requirements(),
         # MLflow runs predict on the example, so a model that cannot generate fails here; for a big base
         # that would mean loading it once more just for the check, so only small bundled bases get one.
         input_example=["Hello"] if "base" in artifacts else None,
     )
+    if not register:
+        mlflow.set_tags({"peftpipe.model_id": info.model_id})
+        return info.model_uri
     client = mlflow.MlflowClient()
     version_ = str(info.registered_model_version)
     client.set_registered_model_alias(name, CANDIDATE_ALIAS, version_)
@@ -117,3 +121,20 @@ def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig) -> str:
     for key, value in {"base": base, "method": cfg.adapter.method, "adapter_key": adapter_key}.items():
         client.set_model_version_tag(name, version_, key, value)
     return info.model_uri
+
+
+def model_id_of(model_uri: str) -> str | None:
+    """The LoggedModel id behind ``models:/<model_id>`` or ``models:/<name>/<version>`` (None otherwise)."""
+    if not model_uri or not model_uri.startswith("models:/"):
+        return None
+    parts = model_uri[len("models:/"):].split("/")
+    if len(parts) == 1:
+        return parts[0]
+    return mlflow.MlflowClient().get_model_version(parts[0], parts[1]).model_id
+
+
+def register_with_alias(model_uri: str, name: str, alias: str, tags: dict[str, str] | None = None) -> str:
+    """Register ``model_uri`` as a new version of ``name`` and point ``alias`` at it; returns the version."""
+    version_ = mlflow.register_model(model_uri, name, tags=tags or None).version
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version_))
+    return str(version_)

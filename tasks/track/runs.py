@@ -48,9 +48,20 @@ def git_commit(cwd: str | Path = ".") -> str | None:
         return None
 
 
+# The experiment tag MLflow's UI reads for an experiment's kind; "custom_model_development" is the model
+# training ("Machine learning") kind, as opposed to "genai_development" (from the UI's ExperimentKind enum).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# MLflow 3.1x's UI picks the view from ``?workflowType=`` (else the browser's last choice, GenAI at first),
+# so every link we print names the model-training view as well.
+UI_QUERY = "?workflowType=machine_learning"
+
+
 def configure(cfg: PipelineConfig) -> None:
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    mlflow.set_experiment(cfg.tracking.experiment)
+    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # a kind the user chose in the UI is kept
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
 
 
 @contextmanager
@@ -175,4 +186,4 @@ def run_url(run: mlflow.ActiveRun | Any, tracking_uri: str, ui_url: str = "http:
     """Where to look at the run in the MLflow UI (started with ``make ui``)."""
     info = run.info
     base = tracking_uri if tracking_uri.startswith("http") else ui_url
-    return f"{base}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
+    return f"{base}/#/experiments/{info.experiment_id}/runs/{info.run_id}{UI_QUERY}"
