@@ -123,7 +123,7 @@ def test_peftpipe_masks_prints_loss_tokens(mistral_dir, tmp_path, capsys):
 
 def test_the_stage_honours_message_weights(tmp_path):
     # Ingest keeps the ShareGPT/axolotl per-message weight (issue 15); weight 0 means no loss on that turn.
-    from tasks.tokenize.stage import read_rows
+    from tasks.train.data import load_rows  # the one row reader; its targets are the labels shifted by one
 
     tok_dir = tmp_path / "tok"
     family_tokenizer("llama3").save_pretrained(tok_dir)
@@ -136,6 +136,6 @@ def test_the_stage_honours_message_weights(tmp_path):
         with ShardWriter(tmp_path / "split" / name, schema) as w:
             w.write(pa.Table.from_pylist(rows, schema=schema))
     tokenize_splits(tmp_path / "split", str(tok_dir), TokenizeConfig(max_seq_len=64), tmp_path / "out")
-    (row,) = read_rows(tmp_path / "out" / "train")
+    (row,) = load_rows(tmp_path / "out" / "train")
     tok = family_tokenizer("llama3")
-    assert tok.decode(row["input_ids"][row["labels"] != -100].tolist()) == "learn me<|eot_id|>"
+    assert tok.decode(row.targets[row.targets != -100].tolist()) == "learn me<|eot_id|>"
