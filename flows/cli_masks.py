@@ -37,11 +37,15 @@ def read_records(directory: Path, n: int) -> list[tuple[str, list[dict]]]:
 
 
 def load_configured_tokenizer(cfg, corpus: Path):
-    """The tokenizer the train flow would use: the configured model's, or the tiny model's built on ``corpus``."""
+    """The tokenizer the train flow would use: the configured model's (a hub id or a directory that holds a
+    tokenizer), or for the offline tiny model the one it builds on ``corpus``."""
     from tasks.tokenize.tokenizer import load_tokenizer
-    from tasks.train.model import prepare_base_model
 
-    base = prepare_base_model(cfg.model, Path(cfg.workdir), corpus)
+    base = cfg.model.name_or_path
+    if base == "tiny-llama":  # tasks.train.model.TINY, not imported: that module loads torch
+        from tasks.train.model import prepare_base_model
+
+        base = prepare_base_model(cfg.model, Path(cfg.workdir), corpus)
     return load_tokenizer(base, cfg.model.revision, cfg.model.trust_remote_code, cfg.tokenize.chat_template)
 
 

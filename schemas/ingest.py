@@ -7,11 +7,13 @@ from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
 
-Format = Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text"]
+# chosen_rejected / rated_completions: preference layouts, one record per response (tasks.ingest.presets).
+Format = Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text", "chosen_rejected",
+                 "rated_completions"]
 
 # Record-side names that field_map may point at source fields (dotted paths reach into nested objects).
 FIELD_KEYS = frozenset({"id", "meta", "messages", "role", "content", "system", "instruction", "input", "output",
-                        "prompt", "completion", "text"})
+                        "prompt", "completion", "text", "chosen", "rejected", "completions"})
 # annotation_map keys: either a list of per-annotator objects ("annotations" with the keys inside each
 # object), or flat per-row fields ("ratings", parallel "annotator_ids" and "label_lists").
 ANNOTATION_KEYS = frozenset({"annotations", "annotator_id", "rating", "labels", "ratings", "annotator_ids",

@@ -123,3 +123,14 @@ def test_cli_dry_run_lists_variants_and_bad_keys_exit_2(tmp_path, capsys):
     assert run_cli("--config", str(path), "--grid", "dedup.treshold=[0.5]", "--dry-run") == 2
     assert "dedup.treshold: unknown key" in capsys.readouterr().err
     assert run_cli("--config", str(path), "--set", "model.dtype=float64", "--dry-run") == 2
+
+
+def test_dpo_sweep_varies_the_preference_thresholds_one_curation_each():
+    sweep = load_sweep(ROOT / "configs/sweep-dpo-sample.yaml")
+    variants = expand_variants(sweep)
+    assert len(variants) == 6
+    settings = {(v.config.preference.min_margin, v.config.preference.min_agreement) for v in variants}
+    assert settings == {(m, a) for m in (0.25, 1.0, 2.0) for a in (0.3, 0.6)}
+    assert all(v.config.train.objective == "dpo" for v in variants)
+    # the preference section is part of the curation: six distinct curations, none shared
+    assert len({str(sorted(curation_settings(v.config).items())) for v in variants}) == 6

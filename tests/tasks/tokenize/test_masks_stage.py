@@ -102,6 +102,19 @@ def test_a_loss_token_across_the_markup_is_a_counted_mismatch():
     assert [s.record_id for s in enc.seqs] == ["fine"]
 
 
+def test_the_ledger_counts_mask_mismatches(tmp_path):
+    merging_tokenizer().save_pretrained(tmp_path / "tok")
+    split = write_split(tmp_path / "split", [chat(("user", "hi"), ("assistant", "Yes")),
+                                             chat(("user", "hi"), ("assistant", "zq"))], [])
+    ledger = tokenize_splits(split, str(tmp_path / "tok"), TokenizeConfig(max_template_reject_share=0.5),
+                             tmp_path / "out")
+    ledger.check()
+    assert ledger.kept == 1 and ledger.dropped == {"mask_mismatch": 1}
+    assert ledger.extra["template"]["rejected"] == {"mask_mismatch": 1}
+    (rej,) = read_table(tmp_path / "out" / "rejects").to_pylist()
+    assert rej["id"] == "train0" and rej["reject_reason"] == "mask_mismatch" and "reaches past" in rej["reject_detail"]
+
+
 def test_peftpipe_masks_prints_loss_tokens(mistral_dir, tmp_path, capsys):
     from flows.cli import main
 
@@ -123,8 +136,6 @@ def test_peftpipe_masks_prints_loss_tokens(mistral_dir, tmp_path, capsys):
 
 def test_the_stage_honours_message_weights(tmp_path):
     # Ingest keeps the ShareGPT/axolotl per-message weight (issue 15); weight 0 means no loss on that turn.
-    from tasks.train.data import load_rows  # the one row reader; its targets are the labels shifted by one
-
     tok_dir = tmp_path / "tok"
     family_tokenizer("llama3").save_pretrained(tok_dir)
     message = pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.float64())])
@@ -136,6 +147,6 @@ def test_the_stage_honours_message_weights(tmp_path):
         with ShardWriter(tmp_path / "split" / name, schema) as w:
             w.write(pa.Table.from_pylist(rows, schema=schema))
     tokenize_splits(tmp_path / "split", str(tok_dir), TokenizeConfig(max_seq_len=64), tmp_path / "out")
-    (row,) = load_rows(tmp_path / "out" / "train")
-    tok = family_tokenizer("llama3")
-    assert tok.decode(row.targets[row.targets != -100].tolist()) == "learn me<|eot_id|>"
+    (row,) = read_table(tmp_path / "out" / "train").to_pylist()
+    loss = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+    assert family_tokenizer("llama3").decode(loss) == "learn me<|eot_id|>"
