@@ -9,7 +9,7 @@ TORCH   ?= torch==2.13.0
 PREFECT_PORT ?= 4200
 MLFLOW_PORT  ?= 5000
 
-.PHONY: run test test-fast venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration
+.PHONY: run test test-fast venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration bench-tables
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,7 +38,7 @@ test: dev  ## the test suite (CI runs exactly this)
 	$(BIN)/python -m pytest -q
 
 test-fast: dev  ## the unit tests only: no servers, browser, deployments or kill runs (a few minutes)
-	$(BIN)/python -m pytest -q -m "not slow" tests/test_layout.py tests/schemas tests/tasks
+	$(BIN)/python -m pytest -q -m "not slow" tests/test_layout.py tests/schemas tests/tasks tests/bench
 
 lint: dev
 	$(BIN)/ruff check .
@@ -58,7 +58,7 @@ PG_PORT ?= 5433
 GPUS    ?= 1
 POOL    ?= peftpipe-cpu
 API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
-.PHONY: run test test-fast venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration
+.PHONY: run test test-fast venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration bench-tables
 
 ui-postgres: venv  ## the production profile, locally: both servers on a PostgreSQL cluster in .cache/pg
 	$(BIN)/python scripts/postgres.py start --dir .cache/pg --port $(PG_PORT)
@@ -83,7 +83,7 @@ bench-dedup: venv  ## peftpipe alone; the side-by-side run with datasketch/datat
 	$(BIN)/python bench/dedup/corpus.py synthetic --docs 20000 --out .cache/syn20k.jsonl
 	$(BIN)/python bench/dedup/truth.py .cache/syn20k.jsonl --out .cache/syn20k.truth.json
 	$(BIN)/python bench/dedup/bench.py --corpus .cache/syn20k.jsonl --truth .cache/syn20k.truth.json \
-	    --name synthetic-20k --tools peftpipe --repeat 1
+	    --name synthetic-20k --tools peftpipe --repeat 1 --out .cache/dedup_results.json
 
 bench-filters: venv
 	$(BIN)/python bench/filters/bench.py --records 1000000 --out bench/filters/results.json
@@ -93,3 +93,6 @@ bench-tokenize: venv
 
 bench-orchestration: venv
 	$(BIN)/python bench/orchestration/bench.py --max-steps 10 --skip-deployment
+
+bench-tables: venv  ## render BENCHMARKS.md's tables from bench/<area>/*.json (tests/bench fails when they differ)
+	$(BIN)/python bench/render.py

@@ -16,7 +16,7 @@ from schemas.pipeline import ConfigError, PipelineConfig, load_config
 
 DEFAULT_CONFIG = "configs/sample.yaml"
 # Standalone tools live in their own modules; each exposes register(subparsers).
-TOOL_MODULES = ("flows.cli_ingest", "flows.cli_dedup", "flows.cli_sweep")
+TOOL_MODULES = ("flows.cli_ingest", "flows.cli_dedup", "flows.cli_sweep", "flows.cli_masks")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

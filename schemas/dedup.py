@@ -1,7 +1,7 @@
 """Config of exact and MinHash near-duplicate removal."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -9,6 +9,7 @@ from schemas.base import StrictModel
 
 
 class DedupConfig(StrictModel):
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("workers", "unit_rows", "memory_mb", "partitions")  # see StrictModel.SPEED_ONLY
     exact: bool = Field(True, description="Drop records whose normalized text is identical.")
     near: bool = Field(True, description="Drop near-duplicates found with MinHash LSH.")
     text: Literal["prompt_response", "prompt", "response", "all"] = Field(

@@ -7,7 +7,7 @@ on its own line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -64,6 +64,10 @@ class JudgeConfig(StrictModel):
 
 class EvalConfig(StrictModel):
     """Task-level evaluation: greedy answers of the base and of base + adapter on prompts with references."""
+
+    # Left padding gives every prompt the answer it gets alone (tests/tasks/evaluate/test_generation.py), and
+    # the table size only shapes what is logged: neither changes an evaluation's result.
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "table_rows")
 
     task_metrics: bool = Field(True, description="Generate and score answers (off: eval loss only).")
     metrics: list[TaskMetric] = Field(default_factory=lambda: list(TASK_METRICS), description=(

@@ -6,7 +6,7 @@ starts, and the defaults are filled in (and therefore part of the stage's cache 
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -228,6 +228,7 @@ class ReliabilityConfig(StrictModel):
 
 
 class FilterConfig(StrictModel):
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "workers")  # see StrictModel.SPEED_ONLY
     filters: list[FilterSpec] = Field(default_factory=_default_filters,
                                       description="Ordered filter chain; the first filter that rejects wins.")
     dry_run: bool = Field(False, description="Report what would be dropped without dropping it.")

@@ -1,17 +1,19 @@
 """Config of the ingest stage: where the data comes from and how it maps to the record shape."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
 
-Format = Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text"]
+# chosen_rejected / rated_completions: preference layouts, one record per response (tasks.ingest.presets).
+Format = Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text", "chosen_rejected",
+                 "rated_completions"]
 
 # Record-side names that field_map may point at source fields (dotted paths reach into nested objects).
 FIELD_KEYS = frozenset({"id", "meta", "messages", "role", "content", "system", "instruction", "input", "output",
-                        "prompt", "completion", "text"})
+                        "prompt", "completion", "text", "chosen", "rejected", "completions"})
 # annotation_map keys: either a list of per-annotator objects ("annotations" with the keys inside each
 # object), or flat per-row fields ("ratings", parallel "annotator_ids" and "label_lists").
 ANNOTATION_KEYS = frozenset({"annotations", "annotator_id", "rating", "labels", "ratings", "annotator_ids",
@@ -62,6 +64,7 @@ class SourceConfig(StrictModel):
 
 
 class IngestConfig(StrictModel):
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("workers",)  # see StrictModel.SPEED_ONLY
     sources: list[SourceConfig] = Field(min_length=1, description="The datasets to read.")
     shard_rows: int = Field(50_000, ge=1, description="Rows per output Parquet shard (bounds memory).")
     max_record_bytes: int = Field(1_000_000, ge=1, description="Rows larger than this are quarantined.")

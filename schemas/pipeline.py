@@ -15,6 +15,7 @@ from schemas.dedup import DedupConfig
 from schemas.evaluate import EvalConfig
 from schemas.filters import FilterConfig, SplitConfig
 from schemas.ingest import IngestConfig
+from schemas.preference import PreferenceConfig
 from schemas.tokenize import TokenizeConfig
 from schemas.tracking import TrackingConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
@@ -27,6 +28,8 @@ class PipelineConfig(StrictModel):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description=(
+        "Pairs (train.objective dpo) or labels (kto) from the annotations; unused for sft."))
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)

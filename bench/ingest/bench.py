@@ -1,6 +1,6 @@
 """Ingest throughput and peak memory on a generated JSONL of a given size, beside reference readers.
 
-    .venv/bin/python bench/ingest/bench.py --gb 1.0 --out bench/ingest_results.json
+    .venv/bin/python bench/ingest/bench.py --gb 1.0 --out bench/ingest/results_1gb.json
 
 Makes BIG.jsonl from the bundled sample's records (ids and one number per record changed so that every line
 is distinct), with one malformed line in every 1,000, plus a clean copy without them for the references
@@ -135,34 +135,18 @@ def measure(name: str, path: Path, work: Path) -> dict:
     return result
 
 
-def table(paths: list[Path]) -> str:
-    """Markdown rows of result files, for BENCHMARKS.md and bench/ingest/results.md."""
-    rows = []
-    for path in paths:
-        report = json.loads(path.read_text())
-        size = f"{report['input']['bytes'] / 1e9:.1f} GB" if report["input"]["bytes"] >= 1e9 else \
-            f"{report['input']['bytes'] / 1e6:.0f} MB"
-        for r in report["results"]:
-            rows.append(f"| {size} | {r['engine']} | {r['seconds']:,.0f} | {r['cpu_seconds']:,.1f} | "
-                        f"{r['mb_per_cpu_s']} | {r.get('kept', 0) / max(r['cpu_seconds'], 1e-9):,.0f} | "
-                        f"{r['peak_rss_mib']:,.0f} MiB | {r['peak_tree_rss_mib']:,.0f} MiB |")
-    return "\n".join(rows)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gb", type=float, default=1.0, help="size of the generated JSONL in GB")
     p.add_argument("--engines", default="peftpipe,peftpipe_1,python_json,pyarrow_json,hf_datasets")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "ingest_results.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results JSON (default: bench/ingest/results_<size>.json, e.g. results_1gb.json, the "
+                        "name bench/render.py reads into BENCHMARKS.md)")
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     p.add_argument("--reuse", action="store_true", help="reuse the input generated earlier in --work")
-    p.add_argument("--table", type=Path, nargs="+", help="print result files as markdown rows and exit")
     p.add_argument("--engine", help=argparse.SUPPRESS)
     p.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.table:
-        print(table(args.table))
-        return 0
     if args.engine:  # child process: run one engine, print its counts as the last line
         sys.path.insert(0, str(ROOT))
         print(json.dumps(engine(args.engine, args.file, args.work)))
@@ -188,7 +172,9 @@ def main() -> int:
                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                               "python": platform.python_version(), "load_avg_at_end": os.getloadavg()},
                   "results": results}
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        size = f"{args.gb:g}gb" if args.gb >= 1 else f"{round(args.gb * 1000)}mb"
+        out = args.out or ROOT / "bench" / "ingest" / f"results_{size}.json"
+        out.write_text(json.dumps(report, indent=2) + "\n")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

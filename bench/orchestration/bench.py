@@ -12,7 +12,7 @@ Measured, each in a fresh process so imports and Prefect's start-up are counted 
 4. The pipeline deployment through a Prefect server and a process worker (``prefect deployment run
    --watch``), cold and cached, with the same split between stage work and the rest.
 
-Writes bench/orchestration/results.json and bench/orchestration/results.md.
+Writes bench/orchestration/results.json; `python bench/render.py` then renders its table in BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-OUT_JSON = ROOT / "bench" / "orchestration/results.json"
-OUT_MD = ROOT / "bench" / "orchestration/results.md"
+OUT_JSON = ROOT / "bench" / "orchestration" / "results.json"
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
          "PREFECT_SERVER_LOGGING_LEVEL": "ERROR", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
          "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -157,26 +156,6 @@ def machine() -> str:
     return f"{platform.machine()}, {cpus} cores, load average at start {load:.1f}, Python {platform.python_version()}"
 
 
-def write_markdown(results: dict) -> None:
-    ip = results["in_process"]
-    lines = ["# Orchestration benchmark", "", f"Command: `{results['command']}`  ", f"Machine: {results['machine']}",
-             "", "| run | process wall s (CPU s) | flow wall s | stage work s | overhead s | recomputed stages |",
-             "|---|---|---|---|---|---|"]
-    for label in ("cold", "cached", "filter_changed"):
-        r = ip[label]
-        lines.append(f"| in-process, {label} | {r['process_wall_s']} ({r['process_cpu_s']}) | {r['flow_wall_s']} | "
-                     f"{r['stage_work_s']} | {r['overhead_s']} | {', '.join(r['recomputed']) or 'none'} |")
-    if "deployment" in results:
-        for label in ("cold", "cached"):
-            r = results["deployment"][label]
-            lines.append(f"| deployment, {label} | {r['run_command_wall_s']} | {r['flow_run_s']} | {r['stage_work_s']} | "
-                         f"{r['overhead_s']} | {', '.join(r['recomputed']) or 'none'} |")
-        lines += ["", f"Deployment stack start-up (s): {json.dumps(results['deployment']['startup_s'])}"]
-    lines += ["", "Stage work per task (s), in-process cold run:", "",
-              "| task | s |", "|---|---|", *[f"| {k} | {v} |" for k, v in sorted(ip["cold"]["tasks_s"].items())]]
-    OUT_MD.write_text("\n".join(lines) + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", nargs="?", default="bench", choices=("bench", "_child"))
@@ -198,8 +177,7 @@ def main() -> int:
         results["deployment"] = run_deployment(base, args.max_steps)
         print("deployment", json.dumps(results["deployment"]), flush=True)
     OUT_JSON.write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results)
-    print(OUT_MD.read_text())
+    print(f"wrote {OUT_JSON}; run `python bench/render.py` to render it into BENCHMARKS.md")
     return 0
 
 

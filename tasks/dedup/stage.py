@@ -19,7 +19,7 @@ from schemas.record import RECORD_SCHEMA
 from tasks.core.stage import Ledger, ShardWriter, StageOutput, code_version, digest, run_stage, shard_paths
 from tasks.dedup.steps import DEDUP_REJECT_SCHEMA, EXACT, NEAR, REASONS, dedup_dir
 
-__all__ = ["exact_dedup", "near_dedup", "exact_dedup_task", "near_dedup_task", "EXACT", "NEAR"]
+__all__ = ["dedup_key", "exact_dedup", "near_dedup", "exact_dedup_task", "near_dedup_task", "EXACT", "NEAR"]
 
 
 def _stage(in_dir: Path, cfg: DedupConfig, out: Path, stage: str, enabled: bool) -> Ledger:
@@ -60,13 +60,18 @@ def _publish(output: StageOutput) -> StageOutput:
     return output
 
 
+def dedup_key(stage: str, upstream_key: str, cfg: PipelineConfig) -> str:
+    """The stage's cache key: its kind, the dedup package's source, the settings that change the output."""
+    return digest(stage, code_version("tasks.dedup", "tasks.core.stage"), cfg.dedup.cache_settings(), upstream_key)
+
+
 @task(name="exact_dedup")
 def exact_dedup_task(upstream: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    key = digest(EXACT, code_version("tasks.dedup", "tasks.core.stage"), cfg.dedup, upstream.key)
+    key = dedup_key(EXACT, upstream.key, cfg)
     return _publish(run_stage(cfg.workdir, EXACT, key, lambda tmp: exact_dedup(upstream.data(), cfg.dedup, tmp)))
 
 
 @task(name="near_dedup")
 def near_dedup_task(upstream: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    key = digest(NEAR, code_version("tasks.dedup", "tasks.core.stage"), cfg.dedup, upstream.key)
+    key = dedup_key(NEAR, upstream.key, cfg)
     return _publish(run_stage(cfg.workdir, NEAR, key, lambda tmp: near_dedup(upstream.data(), cfg.dedup, tmp)))

@@ -18,10 +18,12 @@ from prefect import task
 from schemas.evaluate import EvalConfig
 from schemas.pipeline import PipelineConfig
 from schemas.record import RECORD_SCHEMA, REJECT_SCHEMA
+from tasks.core.records import record_text
 from tasks.core.stage import (
     Ledger,
     ShardWriter,
     StageOutput,
+    code_version,
     digest,
     iter_batches,
     run_stage,
@@ -31,12 +33,11 @@ from tasks.evaluate.evalsets import EvalSet, eval_sets_digest, file_set
 from tasks.filters.decontam import ngram_hashes
 
 STAGE = "eval_set_holdout"
-VERSION = "1"
 
 
 def record_texts(table: pa.Table) -> list[str]:
-    """Every message's content of each record, one text per record."""
-    return ["\n".join(m["content"] or "" for m in msgs or []) for msgs in table["messages"].to_pylist()]
+    """Every turn of each record ("all" of schemas.record.TEXT_ROLES): what the leak checks compare."""
+    return record_text(table.column("messages"), "all").to_pylist()
 
 
 def text_index(texts: list[str], ngram: int) -> np.ndarray:
@@ -97,7 +98,8 @@ def holdout_eval_sets_stage(split: StageOutput, cfg: EvalConfig, workdir: str) -
     if not cfg.eval_sets:
         return split
     sets = [file_set(s, None) for s in cfg.eval_sets]  # every item, not only the scored ones: none may leak
-    key = digest(STAGE, VERSION, split.key, cfg.leak_ngram, cfg.leak_max, eval_sets_digest(cfg),
+    code = code_version("tasks.evaluate.leakcheck", "tasks.evaluate.evalsets", "tasks.core.stage")
+    key = digest(STAGE, code, split.key, cfg.leak_ngram, cfg.leak_max, eval_sets_digest(cfg),
                  [s.model_dump() for s in cfg.eval_sets])
     return run_stage(workdir, STAGE, key, lambda tmp: holdout_eval_sets(split.path, sets, cfg.leak_ngram,
                                                                         cfg.leak_max, tmp))

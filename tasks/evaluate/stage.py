@@ -15,7 +15,7 @@ from prefect import task
 from schemas.evaluate import EvalConfig
 from schemas.pipeline import PipelineConfig
 from schemas.tokenize import IGNORE_INDEX
-from tasks.core.stage import StageOutput, digest
+from tasks.core.stage import StageOutput, code_version, digest
 from tasks.evaluate.evalsets import EvalSet, eval_sets_digest, file_set, heldout_set
 from tasks.evaluate.scoring import flat_metrics, score_sets
 from tasks.train.data import Row, load_rows
@@ -23,7 +23,6 @@ from tasks.train.loss import mean_eval_loss, use_fused_loss
 from tasks.train.model import load_base_model, load_base_tokenizer, resolve_device, set_cpu_threads
 
 FIXED_PROMPT = [{"role": "user", "content": "Name three primary colours."}]
-EVAL_VERSION = "2"  # bump when what an evaluation computes changes (its cached results go stale)
 
 
 def load_eval_sets(cfg: EvalConfig, eval_records_dir: Path | None) -> list[EvalSet]:
@@ -129,7 +128,8 @@ def evaluate_task(tokenized: StageOutput, base: str, adapter_dir: Path, cfg: Pip
     The result is kept beside the adapter, keyed by the eval data, the evaluate config and the eval set files,
     so a cached rerun does not evaluate again.
     """
-    key = digest(EVAL_VERSION, tokenized.key, base, records.key if records else None, cfg.evaluate,
+    key = digest(code_version("tasks.evaluate"), tokenized.key, base, records.key if records else None,
+                 cfg.evaluate.cache_settings(),
                  eval_sets_digest(cfg.evaluate), n_samples)
     cached = Path(adapter_dir).parent / f"evaluation-{key}.json"
     if cached.is_file():

@@ -14,7 +14,7 @@ from tasks.filters.report import publish_prefect_artifacts, report_publication
 def filter_key(upstream_key: str, cfg: PipelineConfig) -> str:
     """The stage's cache key; eval files for decontamination add their size and mtime, so editing one reruns."""
     evals = [eval_sets_fingerprint(s.parsed()) for s in cfg.filters.filters if s.name == "decontaminate"]
-    return digest(STAGE, code_version("tasks.filters", "tasks.core.stage"), cfg.filters, upstream_key, *([evals] if evals else []))
+    return digest(STAGE, code_version("tasks.filters", "tasks.core.stage"), cfg.filters.cache_settings(), upstream_key, *([evals] if evals else []))
 
 
 @task(name="filter")

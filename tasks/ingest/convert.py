@@ -21,7 +21,15 @@ import pyarrow as pa
 from schemas.ingest import IngestConfig, SourceConfig
 from schemas.record import QUARANTINE_SCHEMA, RECORD_SCHEMA
 from tasks.core.stage import ShardWriter
-from tasks.ingest.presets import RowError, convert_row, detect_format, dumps, resolve_fields
+from tasks.ingest.presets import (
+    PREFERENCE_PRESETS,
+    RowError,
+    convert_row,
+    detect_format,
+    dumps,
+    explode_row,
+    resolve_fields,
+)
 from tasks.ingest.readers import Row, raw_text
 
 # Rows are buffered as Python objects (several times their JSON size) until this many rows or input bytes,
@@ -106,6 +114,8 @@ class RowConverter:
         self.occurrences: dict[int, int] = {}
 
     def add(self, row: Row) -> None:
+        if self._add_responses(row):
+            return
         r = self.result
         r.n_in += 1
         try:
@@ -140,6 +150,33 @@ class RowConverter:
         self.buffered += len(row.raw) if row.raw is not None else 512
         if len(rec["id"]) >= FLUSH_ROWS or self.buffered >= FLUSH_BYTES:
             self.flush()
+
+    def _add_responses(self, row: Row) -> bool:
+        """Preference layouts: each response of the row becomes a record of its own (and counts as one row in
+        the ledger); a row that cannot be split is quarantined once. False for rows of the other presets."""
+        r = self.result
+        if row.error is not None or not isinstance(row.value, dict):
+            return False
+        preset = r.preset or detect_format(row.value, self.fields)
+        if preset not in PREFERENCE_PRESETS:
+            return False
+        r.preset = preset
+        try:
+            responses = explode_row(row.value, preset, self.fields)
+        except RowError as err:
+            r.n_in += 1
+            self._quarantine(row, err)
+            return True
+        # Each response is a prompt_completion row with canonical annotations (explode_row built them).
+        saved = r.preset, self.amap
+        r.preset, self.amap = "prompt_completion", {k: v for k, v in self.amap.items()
+                                                    if k in ("annotator_id", "rating", "labels")}
+        try:
+            for value in responses:
+                self.add(Row(row.location, value))
+        finally:
+            r.preset, self.amap = saved
+        return True
 
     def _convert(self, row: Row) -> tuple[str, int, int, list, list, str]:
         if row.error is not None:

@@ -35,7 +35,8 @@ ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "huma
 # The source fields each preset reads by default; field_map renames them.
 DEFAULT_FIELDS = {"id": "id", "meta": "meta", "messages": "messages", "role": "role", "content": "content",
                   "system": "system", "instruction": "instruction", "input": "input", "output": "output",
-                  "prompt": "prompt", "completion": "completion", "text": "text"}
+                  "prompt": "prompt", "completion": "completion", "text": "text",
+                  "chosen": "chosen", "rejected": "rejected", "completions": "completions"}
 MISSING = object()
 _SKIP_CACHE: dict[frozenset, frozenset] = {}  # top-level fields consumed by a preset, per set of used fields
 
@@ -79,6 +80,10 @@ def detect_format(row: Mapping, fields: Mapping[str, str]) -> str | None:
         return "messages"
     if get_path(row, "conversations") is not MISSING:
         return "sharegpt"
+    if has("chosen") and has("rejected"):
+        return "chosen_rejected"
+    if has("completions") and (has("prompt") or has("instruction")):
+        return "rated_completions"
     if has("instruction") and has("output"):
         return "alpaca"
     if has("prompt") and has("completion"):
@@ -315,3 +320,120 @@ def resolve_fields(field_map: Mapping[str, str]) -> dict[str, Any]:
     fields: dict[str, Any] = {**DEFAULT_FIELDS, **field_map}
     fields["_mapped"] = frozenset(field_map)
     return fields
+
+
+# ---- Preference layouts: one source row holds several responses; each becomes a record of its own. ----
+# The records of one row share ``meta.prompt_id`` (set ``preference.group_key: prompt_id`` to group by it);
+# a given pair also carries ``meta.preference`` (chosen / rejected) and ``meta.pair_id`` (tasks.preference).
+PREFERENCE_PRESETS = ("chosen_rejected", "rated_completions")
+_COMPLETION_TEXT = ("response", "completion", "text", "content", "output")
+_COMPLETION_SCORE = ("rating", "score", "overall_score")
+
+
+def _row_key(row: Mapping, fields: Mapping[str, str]) -> str:
+    """The row's own id, or a digest of its content: what its records' prompt_id / pair_id are."""
+    import hashlib
+
+    raw = raw_id_of(row, fields)
+    return raw if raw is not None else hashlib.sha1(dumps(row).encode()).hexdigest()[:16]
+
+
+def _common_prefix(a: list, b: list) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _sub_row(row: Mapping, fields: Mapping[str, str], consumed: set[str], prompt: Any, completion: Any,
+             suffix: str, meta: dict, annotations: Any) -> dict:
+    """A prompt_completion row for one response, carrying the parent's other fields into its meta."""
+    raw = raw_id_of(row, fields)
+    own = maybe_json(get_path(row, fields["meta"]))
+    merged = {**(own if isinstance(own, Mapping) else {}), **meta}
+    for k, v in row.items():
+        if k not in consumed and k not in (fields["meta"], fields["id"]):
+            merged.setdefault(k, v)
+    out = {fields["prompt"]: prompt, fields["completion"]: completion, fields["meta"]: merged}
+    if raw is not None:
+        out[fields["id"]] = f"{raw}/{suffix}"
+    if annotations is not MISSING and annotations is not None:
+        out["annotations"] = annotations
+    return out
+
+
+def explode_chosen_rejected(row: Mapping, fields: Mapping[str, str]) -> list[dict]:
+    """TRL's preference layouts, explicit prompt or implicit (chosen / rejected as whole conversations)."""
+    chosen, rejected = (maybe_json(get_path(row, fields[k])) for k in ("chosen", "rejected"))
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if value is MISSING or value is None:
+            raise RowError("missing_field", f"no {fields[name]!r} field")
+        if not isinstance(value, (str, list)):
+            raise RowError("wrong_type", f"{fields[name]!r} must be text or a list of messages")
+    prompt = maybe_json(get_path(row, fields["prompt"]))
+    if prompt is MISSING or prompt is None:
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            raise RowError("missing_field", f"no {fields['prompt']!r} field (needed unless chosen and rejected "
+                                            "are whole conversations)")
+        n = _common_prefix(chosen, rejected)  # the implicit prompt: the turns both conversations share
+        if n == 0 or n == len(chosen) or n == len(rejected):
+            raise RowError("wrong_type", "chosen and rejected share no prompt, or one contains the other")
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    key = _row_key(row, fields)
+    consumed = {fields["prompt"], fields["chosen"], fields["rejected"], "score_chosen", "score_rejected"}
+    out = []
+    for side, completion in (("chosen", chosen), ("rejected", rejected)):
+        score = get_path(row, f"score_{side}")
+        annotations = MISSING if score is MISSING or score is None else [
+            {"annotator_id": "source", "rating": rating_value(score, f"score_{side}"), "labels": []}]
+        out.append(_sub_row(row, fields, consumed, prompt, completion, side,
+                            {"prompt_id": key, "pair_id": key, "preference": side}, annotations))
+    return out
+
+
+def explode_rated_completions(row: Mapping, fields: Mapping[str, str]) -> list[dict]:
+    """A prompt and a list of completions, each with its own annotations (a list), ratings or one score."""
+    prompt = get_path(row, fields["prompt"])
+    if prompt is MISSING or prompt is None:
+        prompt = get_path(row, fields["instruction"])  # UltraFeedback's raw layout names it 'instruction'
+    if prompt is MISSING or prompt is None:
+        raise RowError("missing_field", f"no {fields['prompt']!r} field")
+    items = maybe_json(get_path(row, fields["completions"]))
+    if not isinstance(items, list) or not items:
+        raise RowError("wrong_type", f"{fields['completions']!r} must be a non-empty list of completions")
+    key = _row_key(row, fields)
+    consumed = {fields["prompt"], fields["instruction"], fields["completions"]}
+    out = []
+    for k, item in enumerate(items):
+        where = f"{fields['completions']}[{k}]"
+        if isinstance(item, str):
+            item = {"response": item}
+        if not isinstance(item, Mapping):
+            raise RowError("wrong_type", f"{where} must be an object or text")
+        text_key = next((t for t in _COMPLETION_TEXT if t in item), None)
+        if text_key is None:
+            raise RowError("missing_field", f"{where} has none of {list(_COMPLETION_TEXT)}")
+        annotations: Any = item.get("annotations", MISSING)
+        if not isinstance(annotations, list):
+            annotations = MISSING
+        if annotations is MISSING and isinstance(item.get("ratings"), list):
+            annotations = [{"annotator_id": f"rater{i}", "rating": rating_value(v, f"{where}.ratings[{i}]"),
+                            "labels": []} for i, v in enumerate(item["ratings"])]
+        score_key = next((s for s in _COMPLETION_SCORE if s in item), None)
+        if annotations is MISSING and score_key is not None:
+            annotations = [{"annotator_id": "source", "rating": rating_value(item[score_key], where),
+                            "labels": []}]
+        extra = {f"completion_{n}": v for n, v in item.items()
+                 if n not in (text_key, "annotations", "ratings", score_key)}
+        out.append(_sub_row(row, fields, consumed, prompt, item[text_key], str(k),
+                            {"prompt_id": key, **extra}, annotations))
+    return out
+
+
+def explode_row(row: Any, preset: str, fields: Mapping[str, str]) -> list[dict]:
+    """The prompt_completion rows of a preference-layout row (RowError when it has none)."""
+    if not isinstance(row, dict):
+        raise RowError("not_an_object", f"a row must be a JSON object, got {type(row).__name__}")
+    if preset == "chosen_rejected":
+        return explode_chosen_rejected(row, fields)
+    return explode_rated_completions(row, fields)

@@ -186,7 +186,7 @@ def lineage_rows(stage: StageOutput) -> list[dict[str, Any]]:
 def ingest_task(cfg: PipelineConfig) -> StageOutput:
     """Ingest the configured sources (reusing a finished output of the same sources and config)."""
     # workers changes how fast, never what: it stays out of the key
-    settings = cfg.ingest.model_dump(mode="json", exclude={"workers"})
+    settings = cfg.ingest.cache_settings()
     key = digest("ingest", code_version("tasks.ingest", "tasks.core.stage"), settings, [source_fingerprint(s) for s in cfg.ingest.sources])
     stage = run_stage(cfg.workdir, "ingest", key, lambda tmp: ingest(cfg.ingest, tmp))
     publish_table("ingest-lineage", lineage_rows(stage), description=f"Sources of config {cfg.name}")

@@ -97,7 +97,8 @@ def shared_eval_split(variant_split: Path, eval_dir: Path, ngram: int, max_overl
 def shared_eval_split_task(variant: StageOutput, reference: StageOutput, sweep: SweepConfig, workdir: str
                            ) -> StageOutput:
     """Prefect wrapper: the variant's split stage beside the reference split's eval set, content-addressed."""
-    key = digest(STAGE, code_version("tasks.sweep.compare", "tasks.core.stage"), sweep.eval_overlap_ngram, sweep.eval_overlap_max, variant.key,
+    code = code_version("tasks.sweep.compare", "tasks.evaluate.leakcheck", "tasks.core.stage")
+    key = digest(STAGE, code, sweep.eval_overlap_ngram, sweep.eval_overlap_max, variant.key,
                  reference.key)
     return run_stage(workdir, STAGE, key, lambda tmp: shared_eval_split(
         variant.path, reference.data("eval"), sweep.eval_overlap_ngram, sweep.eval_overlap_max, tmp))

@@ -7,4 +7,7 @@
 - ``launch``: data-parallel training through torchrun; ``rank`` is what each rank runs.
 - ``synthetic``: synthetic tokenized splits for tests and benchmarks.
 - ``recipe``: setup, train, save, top to bottom; the Prefect task.
+- ``preference``: the same recipe for ``train.objective: dpo | kto`` (reference = the base, adapter disabled);
+  ``preference_loss``: DPO (sigmoid, IPO, hinge) and KTO on summed response log-probs, the fused log-prob head;
+  ``preference_data``: both sides of a pair (or KTO's examples and KL sequences) in one batch.
 """

@@ -2,7 +2,8 @@
 
 Each checkpoint is a directory ``step-NNNNNNNN`` written under a temporary name and renamed when complete, so
 a run killed while saving resumes from the previous complete one. Only the trainable (adapter) weights are
-saved: the frozen base is reloaded from its source.
+saved, at full precision (the fp32 masters when there are any, so a resumed run continues the same
+curve): the frozen base is reloaded from its source.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from tasks.train.master import MasterWeights
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -35,11 +38,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
+def save_checkpoint(ckpt_root: Path, step: int, weights: MasterWeights, optimizer, scheduler,
                     progress: dict[str, Any], keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically and prune all but the latest ``keep``."""
     ckpt_root = Path(ckpt_root)
@@ -48,7 +47,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, optimize
     tmp = ckpt_root / f".step-{step:08d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save({"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+    torch.save({"model": weights.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "progress": progress}, tmp / STATE_FILE)
     (tmp / META_FILE).write_text(json.dumps({"step": step, **{k: v for k, v in progress.items()
                                                                if isinstance(v, (int, float, str))}}, indent=1))
@@ -67,20 +66,19 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return sorted(p for p in Path(ckpt_root).glob("step-*") if (p / STATE_FILE).is_file() and (p / META_FILE).is_file())
 
 
-def load_latest_checkpoint(ckpt_root: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any] | None:
-    """Restore the latest checkpoint into model/optimizer/scheduler and the RNGs; returns its progress dict."""
+def load_latest_checkpoint(ckpt_root: Path, weights: MasterWeights, optimizer,
+                           scheduler) -> dict[str, Any] | None:
+    """Restore the latest checkpoint into the weights (fp32 masters and the model's copies), the optimizer, the
+    scheduler and the RNGs; returns its progress dict."""
     found = list_checkpoints(ckpt_root)
     if not found:
         return None
     # Our own file: it holds RNG states (numpy arrays, tuples), which the weights-only unpickler refuses.
     state = torch.load(found[-1] / STATE_FILE, map_location="cpu", weights_only=False)
-    params = dict(model.named_parameters())
-    missing = set(state["model"]) - set(params)
-    if missing:
-        raise RuntimeError(f"checkpoint {found[-1]} has weights this model lacks: {sorted(missing)[:5]}")
-    with torch.no_grad():
-        for name, value in state["model"].items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    try:
+        weights.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise RuntimeError(f"checkpoint {found[-1]}: {exc}") from exc
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])

@@ -126,8 +126,10 @@ def local_base_or_hub_id(name_or_path: str) -> str:
 
 @task(name="prepare-base-model", **IO_RETRIES)
 def prepare_base_model_task(cfg: PipelineConfig, corpus: StageOutput) -> str:
-    """Prefect wrapper: the tokenizer of the tiny model learns from the training split only."""
-    corpus_dir = corpus.data("train") if corpus.data("train").is_dir() else corpus.data()
+    """Prefect wrapper: the tokenizer of the tiny model learns from the training split only (of a preference
+    stage: the records behind its training pairs)."""
+    corpus_dir = next((corpus.data(sub) for sub in ("train_records", "train") if corpus.data(sub).is_dir()),
+                      corpus.data())
     return prepare_base_model(cfg.model, Path(cfg.workdir), corpus_dir)
 
 
@@ -234,8 +236,10 @@ def enable_checkpointing(model, layers: list[int] | None = None) -> int:
     return len(wanted)
 
 
-def compile_layers(model) -> int:
-    """Compile each decoder layer in place; identical layers share the compiled code, so it compiles once."""
+def compile_layers(model, backend: str = "inductor") -> int:
+    """Compile each decoder layer in place; identical layers share the compiled code, so it compiles once.
+    ``backend`` is torch.compile's: the CPU tests use "aot_eager" (the same graph capture and autograd, without
+    inductor's C++ build, which takes minutes on a 2-core machine)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -246,7 +250,7 @@ def compile_layers(model) -> int:
     name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"
     setattr(conf, name, max(getattr(conf, name), 64))
     for layer in layers:
-        layer.compile()
+        layer.compile(backend=backend)
     return len(layers)
 
 

@@ -1,8 +1,9 @@
 """The training recipe: LoRA/QLoRA on the tokenized split, top to bottom (setup, train, save), torchtune style.
 
 Setup loads the base (lean QLoRA path: no fp32 upcast), adds the adapter and optional per-layer activation
-checkpointing. Each optimizer step accumulates micro-batches (a count or a token budget), averages the loss
-over the step's loss tokens, clips, steps AdamW and a warm-up + cosine schedule. Eval loss every N steps and at
+checkpointing; with bf16 adapter weights the optimizer steps fp32 master copies (``tasks.train.master``).
+Each optimizer step accumulates micro-batches (a count or a token budget), averages the loss over the step's
+loss tokens, clips, steps AdamW and a warm-up + cosine schedule. Eval loss every N steps and at
 the end, with optional early stopping. Checkpoints every N steps hold what a killed run needs to continue the
 same loss curve. With several processes (torchrun) gradients are summed across ranks before the step.
 """
@@ -28,6 +29,7 @@ from tasks.train.checkpoint import list_checkpoints, load_latest_checkpoint, sav
 from tasks.train.data import DataCursor, load_rows, micro_batches_for_step
 from tasks.train.dist import all_reduce_floats, dist_rank, dist_world
 from tasks.train.loss import causal_lm_loss_sum, mean_eval_loss, use_fused_loss
+from tasks.train.master import MasterWeights
 from tasks.train.model import (
     add_adapter,
     compile_layers,
@@ -125,7 +127,9 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
         compile_layers(model)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 LoRA matmuls
-    params = [p for p in model.parameters() if p.requires_grad]
+    # The optimizer, clipping and the all-reduce see fp32 weights; the forward and backward see the model's.
+    master = MasterWeights([(n, p) for n, p in model.named_parameters() if p.requires_grad], tc.master_weights)
+    params = master.parameters()
     optimizer = make_optimizer(params, tc, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
     cursor = DataCursor(seed=tc.seed)
@@ -135,7 +139,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
     peak = peak_flops(device)
     progress: dict[str, Any] = {"step": 0, "tokens": 0, "best_eval_loss": float("inf"), "bad_evals": 0,
                                 "train_loss": float("nan"), "eval_loss": float("nan"), "stopped_early": False}
-    resumed = load_latest_checkpoint(out / "checkpoints", model, optimizer, scheduler)
+    resumed = load_latest_checkpoint(out / "checkpoints", master, optimizer, scheduler)
     if resumed is not None:
         progress.update(resumed)
         cursor.load_state_dict(progress.pop("cursor"))
@@ -157,6 +161,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
             b = batch.to(device)
             part = causal_lm_loss_sum(model, b.input_ids, b.position_ids, b.targets, fused, tc.loss_chunk_tokens)
             (part / max(n_loss, 1.0)).backward()
+            master.accumulate_grads()
             loss_sum += part.detach()
         if world > 1:
             _sum_gradients(params)
@@ -164,6 +169,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
+        master.write_back()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         train_loss = float(loss_sum) / max(n_loss, 1.0)  # .item() waits for the GPU, so the timing is honest
@@ -184,7 +190,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
         if step % tc.eval_every == 0 or step == tc.max_steps:
             _evaluate_and_maybe_stop(model, eval_rows, tc, pad_id, device, fused, progress, log, rank)
         if step % tc.save_every == 0 and step < tc.max_steps and not progress["stopped_early"] and rank == 0:
-            save_checkpoint(out / "checkpoints", step, model, optimizer, scheduler,
+            save_checkpoint(out / "checkpoints", step, master, optimizer, scheduler,
                             {**progress, "cursor": cursor.state_dict()}, keep=tc.keep_checkpoints)
     if progress["stopped_early"] and math.isnan(progress["eval_loss"]):
         _evaluate_and_maybe_stop(model, eval_rows, tc, pad_id, device, fused, progress, log, rank)
@@ -266,11 +272,11 @@ def with_progress_artifact(log: MetricsFn | None, max_steps: int) -> MetricsFn |
 
 def adapter_key(tokenized: StageOutput, base: str, cfg: PipelineConfig, nproc: int = 1) -> str:
     """The trained adapter's cache key: data, base, model and adapter settings, and the train settings that
-    change what is learned (``TrainConfig.learning_settings``). Ranks count only where they change the batch:
+    change what is learned (``TrainConfig.cache_settings``). Ranks count only where they change the batch:
     without ``tokens_per_step`` each rank adds micro-batches to every step."""
     ranks = nproc if cfg.train.tokens_per_step is None else 1
     return digest("train", code_version("tasks.train"), tokenized.key, base, cfg.model, cfg.adapter,
-                  cfg.train.learning_settings(), ranks)
+                  cfg.train.cache_settings(), ranks)
 
 
 @task(name="train")

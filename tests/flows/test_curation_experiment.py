@@ -18,6 +18,7 @@ and the logged metrics agree with a count over the logged answer table.
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -245,9 +246,12 @@ def test_mlflow_compare_view_shows_the_task_metrics(experiment, mlflow_ui):
             body = page.inner_text("body")
             page.screenshot(path=str(out / "mlflow-compare-task-metrics.png"), full_page=True)
             assert "task/heldout/code/exact_match" in body and "base_task/clean/code/exact_match" in body
-            # The experiment's runs in the model-training view (the link every run URL carries).
-            page.goto(f"{mlflow_ui.url}/#/experiments/{exp_id}/runs?workflowType=machine_learning",
-                      wait_until="domcontentloaded", timeout=UI_TIMEOUT_MS)
+            # The experiment opened plainly (no view in the URL): its kind tag sends MLflow to the model-training
+            # view (workflowType=machine_learning), the Runs tab, not the GenAI one's Traces.
+            page.goto(f"{mlflow_ui.url}/#/experiments/{exp_id}", wait_until="domcontentloaded",
+                      timeout=UI_TIMEOUT_MS)
+            page.wait_for_url(re.compile(r".*workflowType=machine_learning.*"), timeout=UI_TIMEOUT_MS)
+            assert "/runs" in page.url.split("#", 1)[1]
             page.get_by_text("curation-ci/filters=on", exact=False).first.wait_for(state="visible",
                                                                                    timeout=UI_TIMEOUT_MS)
             page.wait_for_timeout(1000)  # let the table finish drawing before the screenshot

@@ -123,3 +123,31 @@ def test_plot_and_publish_write_the_comparison(tmp_path):
     assert (tmp_path / "cmp/eval_loss_vs_records.png").is_file()
     gens = generation_rows(results)
     assert [g["variant"] for g in gens] == ["a", "b"] and gens[0]["prompt"] == "p"
+
+
+def task_result(name, loss, em, code_em, base_em=0.0):
+    """A variant whose evaluation scored the held-out set: overall and a 'code' family."""
+    r = result(name, loss, 100)
+    r.metrics["task"] = [{"name": "heldout", "adapter": {"": {"exact_match": em}, "code": {"exact_match": code_em}},
+                          "base": {"": {"exact_match": base_em}}}]
+    r.model_uri = f"models:/m-{name}"
+    return r
+
+
+def test_comparison_ranks_by_task_score_when_variants_have_one():
+    # b has the lower eval loss but answers worse: the task score decides, eval loss breaks ties
+    rows = comparison_rows([task_result("a", 4.0, 0.8, 0.9), task_result("b", 3.0, 0.5, 0.2),
+                            task_result("c", 3.9, 0.8, 0.7), result("failed", float("nan"), 0)],
+                           rank_metric="exact_match")
+    assert [r["variant"] for r in rows] == ["c", "a", "b", "failed"]
+    assert rows[0]["task_score"] == 0.8 and rows[0]["family:code"] == 0.7 and rows[0]["base_task_score"] == 0.0
+    assert rows[0]["model_uri"] == "models:/m-c"
+    md = comparison_markdown(rows, "s")
+    assert "Best: **c**, task score (exact_match) 0.8000" in md
+    header = next(line for line in md.splitlines() if line.startswith("| rank |"))
+    assert "| base_task_score | family:code | eval_loss |" in header
+
+
+def test_without_task_scores_the_ranking_stays_by_eval_loss():
+    rows = comparison_rows([result("a", 4.0, 100), result("b", 3.5, 80)], rank_metric="exact_match")
+    assert [r["variant"] for r in rows] == ["b", "a"] and all(math.isnan(r["task_score"]) for r in rows)

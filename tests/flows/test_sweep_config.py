@@ -146,3 +146,14 @@ def test_seeds_clash_with_a_variant_that_sets_the_seed(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="already sets"):
         expand_variants(load_sweep(path))
+
+
+def test_dpo_sweep_varies_the_preference_thresholds_one_curation_each():
+    sweep = load_sweep(ROOT / "configs/sweep-dpo-sample.yaml")
+    variants = expand_variants(sweep)
+    assert len(variants) == 6
+    settings = {(v.config.preference.min_margin, v.config.preference.min_agreement) for v in variants}
+    assert settings == {(m, a) for m in (0.25, 1.0, 2.0) for a in (0.3, 0.6)}
+    assert all(v.config.train.objective == "dpo" for v in variants)
+    # the preference section is part of the curation: six distinct curations, none shared
+    assert len({str(sorted(curation_settings(v.config).items())) for v in variants}) == 6

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from schemas.pipeline import PipelineConfig
-from schemas.train import SPEED_ONLY, TrainConfig
+from schemas.train import TrainConfig
 from tasks.core.stage import StageOutput, code_version
 from tasks.train.recipe import adapter_key
 
@@ -73,7 +73,7 @@ def test_speed_only_settings_keep_the_adapter_key():
     changed = {"save_every": 3, "keep_checkpoints": 5, "gradient_checkpointing": True, "checkpoint_layers": [0],
                "batch_layout": "padded", "pad_to_multiple_of": 64, "loss": "chunked", "loss_chunk_tokens": 512,
                "compile": True, "cpu_threads": 2, "num_processes": 2}
-    assert set(changed) == set(SPEED_ONLY), "test every speed-only setting"
+    assert set(changed) == set(TrainConfig.SPEED_ONLY), "test every speed-only setting"
     for name, value in changed.items():
         assert _key(**{name: value}) == base, f"train.{name} is speed-only but changed the adapter key"
 
@@ -82,7 +82,7 @@ def test_learning_settings_change_the_adapter_key():
     base = _key()
     for name, value in {"lr": 1e-3, "max_steps": 7, "seed": 1, "micro_batch_size": 2, "warmup_steps": 0}.items():
         assert _key(**{name: value}) != base, f"train.{name} changes what is learned but not the key"
-    assert set(TrainConfig.model_fields) - set(SPEED_ONLY), "some settings must be in the key"
+    assert set(TrainConfig.model_fields) - set(TrainConfig.SPEED_ONLY), "some settings must be in the key"
 
 
 def test_ranks_count_only_when_they_change_the_batch():
@@ -91,3 +91,19 @@ def test_ranks_count_only_when_they_change_the_batch():
     assert adapter_key(out, "b", cfg, nproc=2) != adapter_key(out, "b", cfg, nproc=1)
     budget = _cfg(tokens_per_step=4096)
     assert adapter_key(out, "b", budget, nproc=2) == adapter_key(out, "b", budget, nproc=1)
+
+
+def test_speed_only_settings_stay_out_of_every_data_stage_key(tmp_path):
+    from tasks.dedup.stage import dedup_key
+    from tasks.filters.stage import filter_key
+
+    base = _cfg()
+    fast = PipelineConfig.model_validate({**base.model_dump(mode="json"),
+                                          "dedup": {"workers": 2, "unit_rows": 500, "memory_mb": 128},
+                                          "filters": {**base.filters.model_dump(mode="json"), "workers": 2,
+                                                      "batch_size": 7}})
+    assert filter_key("up", fast) == filter_key("up", base)
+    for kind in ("exact_dedup", "near_dedup"):
+        assert dedup_key(kind, "up", fast) == dedup_key(kind, "up", base)
+    stricter = PipelineConfig.model_validate({**base.model_dump(mode="json"), "dedup": {"threshold": 0.6}})
+    assert dedup_key("near_dedup", "up", stricter) != dedup_key("near_dedup", "up", base)
