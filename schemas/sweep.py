@@ -31,11 +31,11 @@ from schemas.pipeline import (
 )
 
 # What a curation output depends on: two variants equal on these share one curation (and its cache).
-CURATION_SECTIONS = ("ingest", "dedup", "filters", "split")
+CURATION_SECTIONS = ("ingest", "dedup", "filters", "split", "preference")
 # Sections a variant may change. The rest is the yardstick every variant is measured with: the base model and
 # its tokenizer (model), how eval text becomes tokens (tokenize), which ids are held out (split), where it is
 # tracked. Changing those per variant would make the eval losses incomparable.
-SWEEPABLE = ("ingest", "dedup", "filters", "adapter", "train")
+SWEEPABLE = ("ingest", "dedup", "filters", "preference", "adapter", "train")
 FILTER_FIELDS = set(FilterConfig.model_fields)
 
 
@@ -85,7 +85,8 @@ class Variant(StrictModel):
 def curation_settings(cfg: PipelineConfig) -> dict[str, Any]:
     """The settings a curation output depends on (its workdir included: outputs are cached there)."""
     dumped = cfg.model_dump(mode="json")
-    return {"workdir": cfg.workdir, **{s: dumped[s] for s in CURATION_SECTIONS}}
+    # train.objective decides whether curation ends in a split of records or in preference pairs.
+    return {"workdir": cfg.workdir, "objective": cfg.train.objective, **{s: dumped[s] for s in CURATION_SECTIONS}}
 
 
 def load_sweep(path: str | Path, sets: list[str] | None = None, grid: list[str] | None = None) -> SweepConfig:

@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from schemas.base import StrictModel
+from schemas.preference import PreferenceLossConfig
 
 
 class ModelConfig(StrictModel):
@@ -57,6 +58,12 @@ class TrainConfig(StrictModel):
         "save_every", "keep_checkpoints", "gradient_checkpointing", "checkpoint_layers", "batch_layout",
         "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes")
 
+    objective: Literal["sft", "dpo", "kto"] = Field(
+        "sft", description="What the adapter learns: 'sft' the responses themselves; 'dpo' to prefer the chosen "
+                           "over the rejected response of each pair; 'kto' from responses labelled desirable or "
+                           "undesirable. dpo/kto add the preference stage to curation (docs/concepts.md).")
+    preference: PreferenceLossConfig = Field(default_factory=PreferenceLossConfig,
+                                             description="beta and loss variant of dpo / kto.")
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     micro_batch_size: int = Field(4, ge=1, description="Rows per forward pass.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (when tokens_per_step is unset).")
@@ -117,4 +124,7 @@ class TrainConfig(StrictModel):
     def _warmup_fits(self) -> TrainConfig:
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"train.warmup_steps ({self.warmup_steps}) exceeds train.max_steps ({self.max_steps})")
+        if self.objective == "kto" and self.preference.precompute_ref:
+            # KTO's reference term includes the KL sequences, which depend on the batch: nothing to precompute.
+            raise ValueError("train.preference.precompute_ref applies to train.objective dpo only")
         return self

@@ -198,6 +198,15 @@ class ShardWriter:
             self._writer = None
             self._shard += 1
 
+    def discard(self) -> None:
+        """Close and delete every shard written so far: the rows they held are taken back."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for path in self.directory.glob(f"{self.prefix}-*.parquet"):
+            path.unlink()
+        self.rows = self._shard = self._in_shard = 0
+
     def close(self) -> int:
         self._roll()
         if self.rows == 0:  # an empty dataset still has its schema on disk

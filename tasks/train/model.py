@@ -128,8 +128,10 @@ def local_base_or_hub_id(name_or_path: str) -> str:
 
 @task(name="prepare-base-model", **IO_RETRIES)
 def prepare_base_model_task(cfg: PipelineConfig, corpus: StageOutput) -> str:
-    """Prefect wrapper: the tokenizer of the tiny model learns from the training split only."""
-    corpus_dir = corpus.data("train") if corpus.data("train").is_dir() else corpus.data()
+    """Prefect wrapper: the tokenizer of the tiny model learns from the training split only (of a preference
+    stage: the records behind its training pairs)."""
+    corpus_dir = next((corpus.data(sub) for sub in ("train_records", "train") if corpus.data(sub).is_dir()),
+                      corpus.data())
     return prepare_base_model(cfg.model, Path(cfg.workdir), corpus_dir)
 
 
