@@ -32,6 +32,7 @@ from flows.curate import CurateResult, curate_flow
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from schemas.sweep import SweepConfig, Variant, curation_settings, expand_variants, reference_config
+from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, digest
 from tasks.evaluate.leakcheck import holdout_eval_sets_task
 from tasks.evaluate.preference import evaluate_preference_adapter
@@ -205,6 +206,7 @@ def sweep_flow(sweep: SweepConfig) -> SweepResult:
                      result.metrics["adapter_eval_loss"], result.metrics["base_eval_loss"],
                      rank_value(result.metrics.get("task") or [], variant.config.evaluate.rank_metric),
                      result.records_kept)
+            pause_point("sweep.variant-done", variant=variant.name)  # test only: between two variants
 
         out_dir = Path(ref.workdir) / "sweeps" / f"{sweep.name}-{parent_id[:8]}"
         rows = publish_comparison(results, out_dir, sweep.name, ref.evaluate.rank_metric)

@@ -7,7 +7,9 @@
 # 3. run the curation sweep (one process per seed) and the PEFT sweep (two processes) side by side, each with its own workdir,
 #    Prefect home and MLflow database (SQLite takes one writer at a time);
 # 4. collect every variant run and sum them up (bench/experiment/report.py).
-# SWEEP_TIMEOUT (s, default 420) bounds step 3, so a leased machine still returns what finished.
+# SWEEP_DEADLINE (s after the start, default 500) ends step 3, so a leased machine still returns what finished.
+# Run it as `bash bench/experiment/run_gpu.sh OUT 2>&1 | tee OUT/driver.log`, not through `| tail`: a command
+# killed at its limit takes a pipe's buffered output with it.
 set -u
 OUT=${1:?usage: run_gpu.sh OUT_DIR [CORPUS_FILE]}
 CORPUS=${2:-}
@@ -16,6 +18,10 @@ mkdir -p "$OUT" work
 export PYTHONUNBUFFERED=1 PREFECT_SERVER_UI_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180 \
   MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false TOKENIZERS_PARALLELISM=false
 t0=$(date +%s)
+# Fail in seconds, not minutes, when the machine lacks a package: every import the sweeps make.
+$PY -c "import prefect, mlflow, peft, bitsandbytes, datasketch, rouge_score, transformers, torch, flows.sweep
+print('prefect', prefect.__version__, 'mlflow', mlflow.__version__, 'peft', peft.__version__, 'bnb',
+      bitsandbytes.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)" || exit 3
 $PY bench/base_model/pretrain.py --preset gpu ${CORPUS:+--corpus "$CORPUS"} --expect-digest 59380740a60ba2fc \
   --result "$OUT/pretrain-gpu.json" > "$OUT/pretrain.log" 2>&1 || { tail -20 "$OUT/pretrain.log"; exit 1; }
 tail -2 "$OUT/pretrain.log"
@@ -25,7 +31,9 @@ echo "base + data: $(( $(date +%s) - t0 )) s"
 run_sweep() {  # name config seeds
   local name=$1 config=$2 seeds=$3
   sed "s/^seeds: .*/seeds: $seeds/" "configs/$config" > "configs/.run-$name.yaml"
-  PREFECT_HOME=/tmp/prefect-$name OMP_NUM_THREADS=3 timeout "${SWEEP_TIMEOUT:-420}" \
+  # -k: a flow stopped by SIGTERM can hang in Prefect's shutdown; SIGKILL it 15 s later. The first GPU run of
+  # this script lost every result that way (the sweeps never returned, the archive below was never written).
+  PREFECT_HOME=/tmp/prefect-$name OMP_NUM_THREADS=3 timeout -k 15 "$(( ${SWEEP_DEADLINE:-500} - $(date +%s) + t0 ))" \
     $PY -c "import sys; from flows.cli import main; sys.exit(main())" sweep --config "configs/.run-$name.yaml" \
     --set "workdir=work/run-$name" --set "tracking.tracking_uri=sqlite:///$PWD/work/mlruns-$name.db" \
     > "work/sweep-$name.log" 2>&1

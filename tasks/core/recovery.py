@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from schemas.base import URL_PASSWORD
+
 OWNER_HOST_TAG = "peftpipe.host"
 OWNER_PID_TAG = "peftpipe.pid"
 OWNER_START_TAG = "peftpipe.pid_start"
@@ -379,7 +381,7 @@ _TOKEN_PATTERNS = (
     re.compile(r"\bsk-[A-Za-z0-9_\-]{20,}"),         # OpenAI-style keys
     re.compile(r"\bpnu_[A-Za-z0-9]{20,}"),           # Prefect Cloud
 )
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)(?P<pw>[^@\s/]+)(?=@)")
+_URL_PASSWORD = URL_PASSWORD  # one pattern for the log scrubber and the config's JSON form (schemas.base)
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from tasks.core.pause import pause_point
+
 SUCCESS = "_SUCCESS"
 STATS = "stats.json"
 
@@ -150,6 +152,7 @@ def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], L
     tmp.mkdir()
     try:
         ledger = body(tmp)
+        pause_point(f"stage.{name}", tmp=tmp)  # test only: the data is written, the marker not yet
         ledger.stage = ledger.stage or name
         ledger.write(tmp)
         (tmp / SUCCESS).write_text("")

@@ -3,6 +3,7 @@
 - ``model``: the base model (the tiny offline Llama, a local path or a hub id), loaded for LoRA or QLoRA.
 - ``data``: batches from the tokenized rows: a resumable cursor and the one padding-free collate.
 - ``loss``: the causal-LM loss on hidden states where a token carries a loss, and the eval loss.
+- ``master``: fp32 master copies of bf16 adapter weights, which the optimizer steps.
 - ``checkpoint``: resumable checkpoints (trainable weights, optimizer, scheduler, RNG, data position).
 - ``launch``: data-parallel training through torchrun; ``rank`` is what each rank runs.
 - ``synthetic``: synthetic tokenized splits for tests and benchmarks.

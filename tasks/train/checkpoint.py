@@ -3,12 +3,14 @@
 Each checkpoint is a directory ``step-NNNNNNNN`` written under a temporary name and renamed when complete, so
 a run killed while saving resumes from the previous complete one. Only the trainable (adapter) weights are
 saved, at full precision (the fp32 masters when there are any, so a resumed run continues the same
-curve): the frozen base is reloaded from its source.
+curve): the frozen base is reloaded from its source. ``state.pt`` holds tensors and plain Python values
+only, and loads with ``torch.load(weights_only=True)``: a tampered file cannot run code when a run resumes.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -24,7 +26,12 @@ META_FILE = "meta.json"
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values (numpy's key array as an int64 tensor), which the
+    weights-only unpickler accepts."""
+    np_state = np.random.get_state(legacy=False)
+    numpy_state = {**np_state, "state": {**np_state["state"], "key": torch.from_numpy(np_state["state"]["key"]
+                                                                                   .astype(np.int64))}}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -32,7 +39,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": key}})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -73,8 +82,13 @@ def load_latest_checkpoint(ckpt_root: Path, weights: MasterWeights, optimizer,
     found = list_checkpoints(ckpt_root)
     if not found:
         return None
-    # Our own file: it holds RNG states (numpy arrays, tuples), which the weights-only unpickler refuses.
-    state = torch.load(found[-1] / STATE_FILE, map_location="cpu", weights_only=False)
+    path = found[-1] / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RuntimeError(f"refusing to resume from {path}: it holds objects other than tensors and plain "
+                           "values (a checkpoint of an older peftpipe, or not ours). Remove that checkpoint "
+                           f"directory to train from the one before it, or from the start.\n{exc}") from exc
     try:
         weights.load_state_dict(state["model"])
     except RuntimeError as exc:

@@ -15,6 +15,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
+from tasks.core.pause import pause_point
 from tasks.core.stage import IO_RETRIES, StageOutput, code_version, digest, publish_dir
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         train_sample_tokenizer(tokenizer_corpus(corpus_dir), tmp, vocab_size=model_cfg.tiny_vocab_size)
+        pause_point("prepare-base-model", tmp=tmp)  # test only: the tokenizer is written, the weights not yet
         build_tiny_llama(tmp, tmp, model_cfg)
         publish_dir(tmp, final, _tiny_complete)  # a concurrent run may already read its twin
     finally:

@@ -24,6 +24,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import TrainConfig
+from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, code_version, digest
 from tasks.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from tasks.train.data import DataCursor, load_rows, micro_batches_for_step
@@ -40,6 +41,7 @@ from tasks.train.model import (
     resolve_device,
     set_cpu_threads,
 )
+from tasks.train.step_log import BackgroundLog
 
 MetricsFn = Callable[[dict[str, float], int], None]
 # Dense bf16 datasheet peaks, for MFU. Anything else reports no MFU rather than a made-up one.
@@ -149,6 +151,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     speeds: list[float] = []  # this process's steps, for the median speed in the result
+    loop_start, tokens_before = time.perf_counter(), progress["tokens"]  # the loop's own throughput, logging in
     while progress["step"] < tc.max_steps and not progress["stopped_early"]:
         t0 = time.perf_counter()
         micro = micro_batches_for_step(train_rows, cursor, tc.micro_batch_size, tc.grad_accum, tc.tokens_per_step,
@@ -192,6 +195,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
         if step % tc.save_every == 0 and step < tc.max_steps and not progress["stopped_early"] and rank == 0:
             save_checkpoint(out / "checkpoints", step, master, optimizer, scheduler,
                             {**progress, "cursor": cursor.state_dict()}, keep=tc.keep_checkpoints)
+            pause_point("train.checkpoint", step=step)  # test only: a checkpoint is written, training goes on
     if progress["stopped_early"] and math.isnan(progress["eval_loss"]):
         _evaluate_and_maybe_stop(model, eval_rows, tc, pad_id, device, fused, progress, log, rank)
 
@@ -199,6 +203,9 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
     result = {"train_loss": progress["train_loss"], "eval_loss": progress["eval_loss"], "steps": progress["step"],
               "tokens": progress["tokens"], "stopped_early": progress["stopped_early"],
               "adapter_dir": str(out / "adapter"), "base": base, "world_size": world}
+    loop_s = time.perf_counter() - loop_start
+    if progress["tokens"] > tokens_before:  # everything the loop did: steps, logging, evals, checkpoints
+        result["loop_tokens_per_s"] = (progress["tokens"] - tokens_before) / loop_s
     if speeds:  # median after 3 warm-up steps (compilation, allocator growth) when there are enough
         steady = sorted(speeds[3:] or speeds)
         result["tokens_per_s"] = steady[len(steady) // 2]
@@ -291,4 +298,13 @@ def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: s
     if nproc > 1 and not (out / "_SUCCESS").is_file():
         return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
     log = with_progress_artifact(mlflow_metrics_logger(run_id), cfg.train.max_steps)
-    return train_adapter(tokenized.path, base, cfg, out, log)
+    if log is None:
+        return train_adapter(tokenized.path, base, cfg, out)
+    background = BackgroundLog(log)  # the loop never waits for MLflow or the Prefect API
+    try:
+        result = train_adapter(tokenized.path, base, cfg, out, background)
+    except BaseException:
+        background.close(reraise=False)  # the training error is the one to report
+        raise
+    background.close()
+    return result
