@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from flows.curate import CurateResult, curate_flow
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
-from tasks.core.errors import NothingToTrainError, require_tokenized
+from tasks.core.errors import require_tokenized
 from tasks.evaluate.leakcheck import holdout_eval_sets_task
 from tasks.evaluate.preference import preference_evaluate_task
 from tasks.evaluate.report import log_task_results
@@ -50,12 +50,7 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
             if split.key != curated.split.key:
                 tracking.log_ledger(split)
             base = prepare_base_model_task(cfg, split)
-            try:
-                tokenized = tokenize_task(split, base, cfg)
-            except ValueError as exc:  # tasks.tokenize raises this when it rejected every training record
-                if not str(exc).startswith("tokenize: all"):
-                    raise
-                raise NothingToTrainError(f"nothing left to train on: {exc}") from None
+            tokenized = tokenize_task(split, base, cfg)  # NothingToTrainError when it rejected every record
             require_tokenized(tokenized, cfg.split.eval_fraction)  # before any training time is spent
             tracking.log_ledger(tokenized)
             tracking.log_tokenized_dataset(tokenized, cfg.name)

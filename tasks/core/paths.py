@@ -127,6 +127,8 @@ def config_paths(cfg: Any) -> list[tuple[str, Any]]:
         if spec.name == "decontaminate":
             for name, path in (spec.params.get("sources") or {}).items():
                 named.append((f"filters.filters[{i}] (decontaminate).params.sources.{name}", path))
+    for i, eval_set in enumerate(cfg.evaluate.eval_sets):
+        named.append((f"evaluate.eval_sets[{i}] ({eval_set.name}).path", eval_set.path))
     return named
 
 

@@ -35,6 +35,7 @@ from prefect import task
 from schemas.pipeline import PipelineConfig
 from schemas.record import REJECT_SCHEMA
 from schemas.tokenize import IGNORE_INDEX, TOKENIZED_SCHEMA, TokenizeConfig
+from tasks.core.errors import NothingToTrainError
 from tasks.core.stage import (
     Ledger,
     ShardWriter,
@@ -182,8 +183,8 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
                              {**ev.first_detail, **tr.first_detail})
     check_template_share(report, cfg.max_template_reject_share)
     if tr.records and not tr.kept:  # training on nothing would fail later, far from the cause
-        raise ValueError(f"tokenize: all {tr.records} train records were rejected {dict(tr.dropped)}; "
-                         f"first reason: {tr.first_reject}")
+        raise NothingToTrainError(f"nothing left to train on: tokenize: all {tr.records} train records were "
+                                  f"rejected {dict(tr.dropped)}; first reason: {tr.first_reject}")
     ledger.extra = {
         "packing_efficiency": round(packing_efficiency(tr.tokens, tr.rows, cfg.max_seq_len), 4),
         "eval_packing_efficiency": round(packing_efficiency(ev.tokens, ev.rows, cfg.max_seq_len), 4),

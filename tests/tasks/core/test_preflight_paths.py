@@ -71,11 +71,12 @@ def test_every_named_path_is_checked_and_named_by_its_key(tmp_path, web):
         {"name": "web_down", "path": f"http://127.0.0.1:{closed_port()}/x.jsonl"},
         {"name": "hub", "path": "hf:nobody/not-in-the-cache"},  # the tests run with HF_HUB_OFFLINE=1
     ], filters=[{"name": "decontaminate", "params": {"sources": {"mmlu": str(tmp_path / "mmlu.jsonl")}}}],
-        model={"name_or_path": str(tmp_path / "no-model")})
+        model={"name_or_path": str(tmp_path / "no-model")},
+        evaluate={"eval_sets": [{"name": "gsm", "path": str(tmp_path / "gsm.jsonl")}]})
     problems = "\n".join(check_config_paths(cfg, timeout=2))
     for key in ("sources[2] (missing)", "sources[3] (noglob)", "sources[4] (saved)", "sources[5] (s3)",
                 "sources[7] (web_404)", "sources[8] (web_down)", "sources[9] (hub)", "params.sources.mmlu",
-                "model.name_or_path"):
+                "model.name_or_path", "evaluate.eval_sets[0] (gsm).path"):
         assert key in problems, (key, problems)
     for key in ("(ok)", "(glob)", "(web_ok)"):
         assert key not in problems

@@ -10,6 +10,7 @@ import pytest
 from schemas.pipeline import PipelineConfig
 from schemas.record import RECORD_SCHEMA
 from schemas.tokenize import IGNORE_INDEX, TOKENIZED_SCHEMA, TokenizeConfig
+from tasks.core.errors import NothingToTrainError
 from tasks.core.stage import ShardWriter, StageOutput, read_ledger, read_table
 from tasks.tokenize import encode_chat
 from tasks.tokenize.chat import encode_records, mask_method
@@ -232,7 +233,7 @@ def test_empty_eval_split_and_small_pack_window(tok_dir, tmp_path):
 def test_all_train_records_rejected_is_a_clear_error(tok_dir, tmp_path):
     write_records(tmp_path / "split" / "train", [record("q", chat(("user", "no answer")))])
     write_records(tmp_path / "split" / "eval", [])
-    with pytest.raises(ValueError, match="all 1 train records were rejected.*no_assistant_turn"):
+    with pytest.raises(NothingToTrainError, match="all 1 train records were rejected.*no_assistant_turn"):
         tokenize_splits(tmp_path / "split", str(tok_dir), TokenizeConfig(), tmp_path / "out")
 
 
