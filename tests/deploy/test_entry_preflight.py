@@ -12,6 +12,7 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.logging.handlers import APILogHandler
 
 from flows import deployments
 from schemas.pipeline import load_config
@@ -33,6 +34,7 @@ def unreachable_mlflow(monkeypatch) -> str:
 
 
 def _flow_run_record(flow_run_id):
+    APILogHandler().flush()  # the run's logs reach the API in batches: send what is queued, and wait for it
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
