@@ -34,7 +34,11 @@ curate: venv
 train: venv
 	$(BIN)/peftpipe train --config $(CONFIG) $(SET)
 
+# System packages first (chromium, postgresql; idempotent, a no-op once installed). Where they cannot be
+# installed (no root or sudo) the tests that need them skip with the reason printed; under CI=true those
+# skips fail the run (tests/conftest.py).
 test: dev  ## the test suite (CI runs exactly this)
+	bash .ci/setup-system.sh || test "$$CI" != true
 	$(BIN)/python -m pytest -q
 
 test-fast: dev  ## the unit tests only: no servers, browser, deployments or kill runs (a few minutes)

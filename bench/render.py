@@ -124,6 +124,65 @@ def train_ddp(docs: list[Any]) -> list[str]:
                   "peak GiB (rank 0)"], rows)
 
 
+
+PRECISION_LABELS = {"fp32": "fp32 (`adapter_dtype: float32`)",
+                    "bf16": "bf16, no master (the GPU configs' old setting)",
+                    "bf16+master": "bf16 + fp32 master weights (new default)"}
+PRECISION_BANDS = {"lr_0.0001_to_1": "lr > 1e-4", "lr_3e-05_to_0.0001": "3e-5 - 1e-4", "lr_0_to_3e-05": "<= 3e-5"}
+
+
+def train_precision(docs: list[Any]) -> list[str]:
+    """bench/train/adapter_precision.py: final eval loss and the share of updates lost, by learning-rate band."""
+    def share(x: float, strong: bool) -> str:
+        return bold(pct(x, 1 if x >= 0.01 else 2), strong)
+    rows = []
+    for r in docs[0]["runs"]:
+        lost, worst = r["updates_lost"], r["variant"] == "bf16"
+        rows.append([PRECISION_LABELS.get(r["variant"], r["variant"]), num(r["final_eval_loss"], 5),
+                     share(lost["all_steps"], worst)]
+                    + [share(lost[k], worst and k == "lr_0_to_3e-05") for k in PRECISION_BANDS]
+                    + [num(r["peak_gib"], 2)])
+    return table(["adapter weights", "final eval loss", "updates lost, all steps", *PRECISION_BANDS.values(),
+                  "peak GiB"], rows)
+
+
+# speed.py case -> label, and which stock row it is set beside (with a note when it is not like for like).
+ISSUE19_CASES = {
+    "llama-1b:lora:all:fixed": ("1B LoRA, like for like", "lora", ""),
+    "llama-1b:qlora:all:fixed": ("1B QLoRA, like for like (stock: with its fp32 upcast)", "qlora", ""),
+    "llama-1b:lora:none:fixed:compile+bf16a": ("1B LoRA, no recompute, compile, bf16 LoRA + fp32 masters", "lora",
+                                               " (stock with recompute)"),
+    "llama-1b:qlora:none:fixed:compile+bf16a": ("1B QLoRA, same", "qlora", " (stock with recompute)"),
+    "llama-1b:qlora:none:fixed:compile+bf16a+nomaster": ("1B QLoRA, same without masters", None, ""),
+}
+
+
+def train_issue19(docs: list[Any], view: str) -> list[str]:
+    """`speed`: peftpipe beside the stock recipe, like for like and fastest; `equivalence`: the bf16 print."""
+    d = docs[0]
+    if view == "equivalence":
+        labels = {"lora": "1B LoRA (ours: bf16 LoRA weights, compiled, chunked loss)",
+                  "qlora": "1B QLoRA (ours without the fp32 upcast; reference with it)"}
+        return table(["case", "HF + peft loss", "peftpipe loss", "LoRA gradient cosine, all / lowest tensor",
+                      "gradient norm ratio"],
+                     [[labels[r["method"]], num(r["hf_peft_loss"], 5), num(r["peftpipe_loss"], 5),
+                       f"{num(r['grad_cosine_all'], 5)} / {num(r['grad_cosine_min_tensor'], 5)}",
+                       num(r["grad_norm_ratio"], 5)] for r in d["equivalence_bf16_compiled"]])
+    stock = {(r["shape"], r["mode"]): r for r in d["stock_1b"] + d["stock_8b"]}
+    rows = []
+    for r in d["ours_1b"]:
+        label, mode, note = ISSUE19_CASES[r["case"]]
+        s = stock.get((r["shape"], mode)) if mode else None
+        fast = "none" in r["case"] and "nomaster" not in r["case"]
+        cells = [label, f"{bold(num(r['tokens_per_s']), fast)}, {num(r['peak_gib'], 2)}"]
+        cells += [f"{num(s['tokens_per_s'])}, {num(s['peak_gib'], 2)}{note}",
+                  f"{num(r['tokens_per_s'] / s['tokens_per_s'], 2)}x"] if s else ["", ""]
+        rows.append(cells)
+    for s in d["stock_8b"]:
+        rows.append([f"8B {'QLoRA' if s['mode'] == 'qlora' else 'LoRA'}, stock recipe", "not run this call",
+                     f"{num(s['tokens_per_s'])}, {num(s['peak_gib'], 2)}", ""])
+    return table(["case", "peftpipe tokens/s, peak GiB", "stock recipe tokens/s, peak GiB", "ratio"], rows)
+
 # ---- tokenize ------------------------------------------------------------------------------------------
 
 def _corpus(run: dict) -> str:
@@ -154,6 +213,22 @@ def tokenize(docs: list[Any], view: str) -> list[str]:
                        ratio(p["padding_only_to_max_seq_len"]), "<= " + ratio(p["best_possible"])]
                       for r in runs for p in [r["packing"]]])
     raise ValueError(f"tokenize/results.json: unknown view {view!r} (speed, packing)")
+
+
+def tokenize_masks(docs: list[Any]) -> list[str]:
+    """Structural masks against the text search they replaced and transformers' generation-block masks."""
+    paths = ["structural (peftpipe now)", "text search (before)", "apply_chat_template + mask"]
+    by = {(r["template"], r["path"]): r for r in docs[0]["results"]}
+    rows = []
+    for name in dict.fromkeys(r["template"] for r in docs[0]["results"]):
+        cells = []
+        for path in paths:
+            r = by.get((name, path))
+            cells.append(f"{num(r['tokens_per_s'])} ({num(r['cpu_s'], 1)} s, {num(r['peak_mib'], 1)})" if r
+                         else "not possible: no generation blocks")
+        rows.append([name.replace("{% generation %}", "`{% generation %}`"), *cells])
+    return table(["template", "structural tok/s (CPU s, peak MiB)", "text search, before (CPU s, peak MiB)",
+                  "apply_chat_template + mask (CPU s, peak MiB)"], rows)
 
 
 # ---- filters -------------------------------------------------------------------------------------------
@@ -318,7 +393,10 @@ def dedup_scale(docs: list[Any], view: str) -> list[str]:
 TABLES: dict[str, Callable[..., list[str]]] = {
     "train/speed_results.json": train_speed,
     "train/ddp_results.json": train_ddp,
+    "train/adapter_precision_results.json": train_precision,
+    "train/speed_results_issue19.json": train_issue19,
     "tokenize/results.json": tokenize,
+    "tokenize/masks_results.json": tokenize_masks,
     "filters/results.json": filters,
     "ingest/results_*.json": ingest,
     "orchestration/results.json": orchestration,

@@ -8,6 +8,7 @@ guarantees with exact word-5-gram Jaccard (see data/README.md).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import sys
@@ -519,6 +520,94 @@ def check(records: list[dict]) -> list[str]:
     return problems
 
 
+# ---- The preference sample: several rated responses per prompt, for DPO / KTO (data/README.md). ----
+
+PREF_OUT = OUT.with_name("preference_sample.jsonl")
+PREF_SEED = SEED + 20  # its own stream: sample.jsonl stays byte-identical
+# Short-answer generators only: responses to one prompt must stay far from near-duplicates of each other.
+PREF_GENERATORS = [with_system(g) for g in (gen_arithmetic, gen_word_problem, gen_conversion, gen_definition,
+                                            gen_capital, gen_list, gen_sequence, gen_rewrite)]
+# How many prompts of each planted kind (see data/README.md for what the preference stage should make of them).
+PREF_COUNTS = {"clear": 150, "three_way": 40, "tie": 20, "low_margin": 20, "disagree": 20, "single": 15,
+               "cross": 15, "many": 15}
+HEDGES = ["Hmm, I am not sure about this one. Maybe try asking someone else?",
+          "I think the answer is {wrong}, but I did not check it.",
+          "That is a hard one. I would rather not guess.",
+          "Probably {wrong}? I am only guessing here.",
+          "I do not really know, sorry. It could be {wrong}."]
+WRONG = ["42", "seven", "about 13", "the blue one", "Tuesday", "1,000", "none of them", "-3"]
+POLITE = ["Sure. {good}", "{good} Hope that helps!", "Of course! {good}", "Good question. {good}"]
+
+
+def bad_response(rng: random.Random) -> str:
+    return rng.choice(HEDGES).format(wrong=rng.choice(WRONG))
+
+
+def rate(rng: random.Random, who: list[str], lo: int, hi: int) -> list[dict]:
+    return [{"annotator_id": a, "rating": rng.randint(lo, hi), "labels": []} for a in who]
+
+
+def fixed(who: list[str], ratings: list[int]) -> list[dict]:
+    return [{"annotator_id": a, "rating": r, "labels": []} for a, r in zip(who, ratings, strict=True)]
+
+
+def preference_group(rng: random.Random, kind: str, messages: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """(quality, response, annotations) of each response to one prompt of a planted kind."""
+    good = messages[-1]["content"]
+    who = rng.sample(ANNOTATORS, 3)
+    polite = rng.choice(POLITE).format(good=good)
+    if kind == "clear":  # a good answer against a hedge, well apart and agreed on
+        return [("good", good, rate(rng, who, 4, 5)), ("bad", bad_response(rng), rate(rng, who, 1, 2))]
+    if kind == "three_way":  # good, so-so, bad: three candidate pairs, the so-so one beats the hedge
+        return [("good", good, fixed(who, [5, 5, 4])), ("mid", polite + " (I might be wrong.)", fixed(who, [3, 3, 3])),
+                ("bad", bad_response(rng), rate(rng, who, 1, 2))]
+    if kind == "tie":  # two good answers with the same mean: a tie, nothing to prefer
+        return [("good", good, fixed(who, [5, 4, 4])), ("good", polite, fixed(who, [4, 4, 5]))]
+    if kind == "low_margin":  # apart, but by a third of a point
+        return [("good", good, fixed(who, [5, 4, 4])), ("good", polite, fixed(who, [4, 4, 4]))]
+    if kind == "disagree":  # the means are 1.5 apart, but half of the annotators prefer the other one
+        who4 = rng.sample(ANNOTATORS, 4)
+        return [("good", good, fixed(who4, [5, 5, 2, 2])), ("bad", bad_response(rng), fixed(who4, [1, 1, 3, 3]))]
+    if kind == "single":  # one response: no pair
+        return [("good", good, rate(rng, who, 4, 5))]
+    if kind == "cross":  # different annotators for each response: agreement from rating combinations
+        other = rng.sample([a for a in ANNOTATORS if a not in who], 3)
+        return [("good", good, rate(rng, who, 4, 5)), ("bad", bad_response(rng), rate(rng, other, 1, 2))]
+    if kind == "many":  # four responses, six candidate pairs, at most max_pairs_per_prompt kept
+        first, second = rng.sample(HEDGES, 2)
+        return [("good", good, fixed(who, [5, 5, 5])), ("mid", polite + " (I might be wrong.)", fixed(who, [3, 3, 3])),
+                ("bad", first.format(wrong=rng.choice(WRONG)), fixed(who, [2, 2, 1])),
+                ("bad", second.format(wrong=rng.choice(WRONG)), fixed(who, [1, 1, 1]))]
+    raise ValueError(kind)
+
+
+def make_preference() -> tuple[bytes, Counter]:
+    """Rows per response sharing ``meta.prompt_id`` (the "messages" layout), seeded and deterministic."""
+    rng = random.Random(PREF_SEED)
+    seen: set[str] = set()
+    kinds = [k for k, n in PREF_COUNTS.items() for _ in range(n)]
+    rng.shuffle(kinds)
+    lines, counts, n = [], Counter(), 0
+    for q, kind in enumerate(kinds, 1):
+        while True:  # a fresh prompt whose responses are no near-duplicates of each other
+            messages, topic = rng.choice(PREF_GENERATORS)(rng)
+            if messages[-2]["content"] in seen:
+                continue
+            responses = preference_group(rng, kind, messages)
+            texts = [shingles(conversation_text(messages[:-1] + [{"content": t}])) for _, t, _ in responses]
+            if all(jaccard(texts[i], texts[j]) < 0.6 for i, j in itertools.combinations(range(len(texts)), 2)):
+                seen.add(messages[-2]["content"])
+                break
+        for quality, text, ann in responses:
+            n += 1
+            row = {"id": f"p-{n:05d}", "messages": messages[:-1] + [{"role": "assistant", "content": text}],
+                   "annotations": ann, "meta": {"topic": topic, "prompt_id": f"q-{q:04d}", "planted": kind,
+                                                "quality": quality}}
+            lines.append(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+            counts[kind] += 1
+    return b"".join(lines), counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -530,6 +619,12 @@ def main() -> int:
     n_lines = blob.count(b"\n")
     print(f"wrote {args.out}: {n_lines} lines, {len(blob) / 1e6:.2f} MB, "
           f"{dict(sorted(counts.items()))}, malformed={len(bad)}")
+    pref, pref_counts = make_preference()
+    pref_out = args.out.with_name(PREF_OUT.name)
+    pref_out.write_bytes(pref)
+    n_pref = pref.count(b"\n")
+    print(f"wrote {pref_out}: {n_pref} responses to {sum(PREF_COUNTS.values())} prompts, "
+          f"{dict(sorted(pref_counts.items()))}")
     if args.check:
         problems = check(records)
         print("\n".join(problems) or "check: ok")

@@ -28,9 +28,11 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    """Ingest one source into args.out; 0 on success, 2 on a bad source or arguments."""
+    """Ingest one source into args.out; 0 on success, 2 on a bad source or arguments (6 when
+    --unreadable-files fail meets a file that cannot be read)."""
     from schemas.ingest import IngestConfig
     from schemas.pipeline import format_validation_error
+    from tasks.core.errors import SourceError
     from tasks.core.stage import STATS
     from tasks.ingest.stage import IngestError, ingest
 
@@ -38,9 +40,10 @@ def run_ingest(args: argparse.Namespace) -> int:
         src = {"name": args.name, "path": args.source, "format": args.format, "split": args.split,
                "field_map": _pairs(args.field, "--field"), "annotation_map": _pairs(args.annotation, "--annotation"),
                **({"limit": args.limit} if args.limit else {}),
-               **({"revision": args.revision} if args.revision else {}), "streaming": args.streaming}
+               **({"revision": args.revision} if args.revision else {}), "streaming": args.streaming,
+               **({"rating_scale": args.rating_scale} if args.rating_scale else {})}
         cfg = IngestConfig(sources=[src], shard_rows=args.shard_rows, max_record_bytes=args.max_record_bytes,
-                           workers=args.workers)
+                           workers=args.workers, unreadable_files=args.unreadable_files)
     except ValidationError as exc:
         print(f"peftpipe ingest: {format_validation_error(exc)}", file=sys.stderr)
         return 2
@@ -48,6 +51,10 @@ def run_ingest(args: argparse.Namespace) -> int:
         print(f"peftpipe ingest: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"peftpipe ingest: --out {out} is a file, not a directory; name a new or empty directory",
+              file=sys.stderr)
+        return 2
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             print(f"peftpipe ingest: {out} is not empty (pass --overwrite to replace it)", file=sys.stderr)
@@ -60,6 +67,9 @@ def run_ingest(args: argparse.Namespace) -> int:
     except IngestError as exc:
         print(f"peftpipe ingest: {exc}", file=sys.stderr)
         return 2
+    except SourceError as exc:
+        print(f"peftpipe ingest: {exc}", file=sys.stderr)
+        return exc.exit_code
     stats = {"in": ledger.n_in, "kept": ledger.kept, "dropped": dict(sorted(ledger.dropped.items()))}
     (out / STATS).write_text(json.dumps(stats, indent=2) + "\n")
     (out / "lineage.json").write_text(json.dumps(ledger.extra.get("sources", []), indent=2) + "\n")
@@ -95,4 +105,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="processes for big JSON-lines files (default: one per core; 1: in-process)")
     p.add_argument("--overwrite", action="store_true", help="replace the shards of a non-empty --out")
+    p.add_argument("--rating-scale", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="declared rating scale; ratings outside it are quarantined (rating_out_of_scale)")
+    p.add_argument("--unreadable-files", choices=("quarantine", "fail"), default="quarantine",
+                   help="a file that cannot be read: quarantine it whole and go on (default), or fail (exit 6)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run_ingest)

@@ -7,6 +7,8 @@ the plain flows, because they only mean something when a Prefect server is there
 
 - ``gpu_slot``: a Prefect global concurrency limit named ``gpu`` (created by ``scripts/servers.py setup``
   with one slot per GPU) held around training, so two deployments never train on one GPU at the same time.
+- ``start_checks``: the CLI's preflight (servers, workdir) and log scrubbing, first thing in every entry
+  flow, so a run against an unreachable MLflow fails before any stage or GPU time.
 - ``announce_dataset``: after curation, a ``peftpipe.dataset.curated`` event carrying the dataset digest,
   emitted only when the digest differs from the last one seen; the ``train`` deployment's trigger
   listens for it, so a nightly curation that changed nothing starts no training.
@@ -37,6 +39,16 @@ DATASET_EVENT = "peftpipe.dataset.curated"
 # Extra overrides for every run of a work pool, set in its job variables' env (e.g. the MLflow server's URL in
 # the production profile), so the deployments' parameters stay the same everywhere. Shell-quoted, space-separated.
 ENV_OVERRIDES = "PEFTPIPE_SET"
+
+
+def start_checks(cfg: PipelineConfig) -> None:
+    """What ``peftpipe run`` does before any work, for a deployment run: scrub secrets from every log record
+    (the flow run's logs in the Prefect UI included), then raise PreflightError naming an unreachable server
+    or an unusable workdir, which fails the flow run before a stage starts."""
+    from tasks.core.recovery import install_log_scrubber, preflight
+
+    install_log_scrubber()
+    preflight(cfg)
 
 
 def resolve_config(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
@@ -97,6 +109,7 @@ def curate_deployment(config: str = DEFAULT_CONFIG, overrides: list[str] | None 
     """Curate the configured sources; announce the dataset when its digest is new (that starts training)."""
     overrides = list(overrides or [])
     cfg = resolve_config(config, overrides, cfg)
+    start_checks(cfg)
     result: CurateResult = curate_flow(cfg)
     announced = announce_dataset(cfg.name, result.digests, config, overrides)
     get_run_logger().info("dataset digest %s: %s", dataset_digest(result.digests),
@@ -109,6 +122,7 @@ def train_deployment(config: str = DEFAULT_CONFIG, overrides: list[str] | None =
                      cfg: PipelineConfig | None = None) -> dict[str, Any]:
     """Train an adapter on the curated data (curation is reused from its stage cache), one training per GPU."""
     cfg = resolve_config(config, overrides, cfg)
+    start_checks(cfg)
     with gpu_slot():
         return summary(train_flow(cfg))
 
@@ -118,6 +132,7 @@ def pipeline_deployment(config: str = DEFAULT_CONFIG, overrides: list[str] | Non
                         cfg: PipelineConfig | None = None) -> dict[str, Any]:
     """Curate, then train, in one MLflow run; the GPU slot is held for training only, not for curation."""
     cfg = resolve_config(config, overrides, cfg)
+    start_checks(cfg)
     # The same composition as flows.pipeline.pipeline_flow, with the GPU slot around the training half.
     with mlflow_run(cfg, "pipeline"):
         curated = curate_flow(cfg)

@@ -1,4 +1,7 @@
-"""The training flow: tokenize + pack -> train a LoRA/QLoRA adapter -> evaluate -> log and register."""
+"""The training flow: tokenize + pack -> train a LoRA/QLoRA adapter -> evaluate -> log and register.
+
+With ``train.objective: dpo | kto`` the curated pairs (examples) are tokenized per side, trained on with the
+preference recipe and evaluated on the held-out pairs against the base; logging and registering are the same."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,14 +14,18 @@ from prefect import flow, get_run_logger
 from flows.curate import CurateResult, curate_flow
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
+from tasks.core.errors import require_tokenized
 from tasks.evaluate.leakcheck import holdout_eval_sets_task
+from tasks.evaluate.preference import preference_evaluate_task
 from tasks.evaluate.report import log_task_results
 from tasks.evaluate.stage import evaluate_task
+from tasks.preference.tokenize import preference_tokenize_task
 from tasks.tokenize.stage import tokenize_task
 from tasks.track import runs as tracking
 from tasks.track.artifacts import publish_link
 from tasks.track.model_registry import log_adapter_model, model_id_of
 from tasks.train.model import prepare_base_model_task
+from tasks.train.preference import preference_train_task
 from tasks.train.recipe import train_task
 
 
@@ -38,16 +45,25 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
     with mlflow_run(cfg, "train") as run:
         if curated is None:
             curated = curate_flow(cfg)
-        split = holdout_eval_sets_task(curated.split, cfg)  # separate eval sets never reach training
-        if split.key != curated.split.key:
-            tracking.log_ledger(split)
-        base = prepare_base_model_task(cfg, split)
-        tokenized = tokenize_task(split, base, cfg)
-        tracking.log_ledger(tokenized)
-        tracking.log_tokenized_dataset(tokenized, cfg.name)
-        trained = train_task(tokenized, base, cfg, run.info.run_id)
-        adapter_dir = Path(trained["adapter_dir"])
-        evaluation = evaluate_task(tokenized, base, adapter_dir, cfg, split)
+        if cfg.train.objective == "sft":
+            split = holdout_eval_sets_task(curated.split, cfg)  # separate eval sets never reach training
+            if split.key != curated.split.key:
+                tracking.log_ledger(split)
+            base = prepare_base_model_task(cfg, split)
+            tokenized = tokenize_task(split, base, cfg)  # NothingToTrainError when it rejected every record
+            require_tokenized(tokenized, cfg.split.eval_fraction)  # before any training time is spent
+            tracking.log_ledger(tokenized)
+            tracking.log_tokenized_dataset(tokenized, cfg.name)
+            trained = train_task(tokenized, base, cfg, run.info.run_id)
+            adapter_dir = Path(trained["adapter_dir"])
+            evaluation = evaluate_task(tokenized, base, adapter_dir, cfg, split)
+        else:
+            base = prepare_base_model_task(cfg, curated.split)
+            tokenized = preference_tokenize_task(curated.split, base, cfg)
+            tracking.log_ledger(tokenized)
+            trained = preference_train_task(tokenized, base, cfg, run.info.run_id)
+            adapter_dir = Path(trained["adapter_dir"])
+            evaluation = preference_evaluate_task(tokenized, base, adapter_dir, cfg)
         mlflow.log_metrics({f"final.{k}": float(v) for k, v in {**trained, **evaluation}.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")

@@ -31,6 +31,10 @@ class FlaggedLabelsParams(StrictModel):
 class MinRatingParams(StrictModel):
     threshold: float = Field(3.0, description="Lowest aggregate rating kept (inclusive).")
     aggregate: Aggregate = Field("mean", description="How the annotators' ratings are combined.")
+    scale: Literal["raw", "normalized"] = Field("raw", description=(
+        "'normalized': the threshold is on 0-1, each record's aggregate mapped through its source's declared "
+        "ingest rating_scale (meta.rating_scale), so sources rated 1-5 and 0-100 share one threshold; a record "
+        "whose source declares no scale is dropped as 'no_rating_scale'."))
 
 
 class MaxRatingSpreadParams(StrictModel):

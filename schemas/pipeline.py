@@ -15,6 +15,7 @@ from schemas.dedup import DedupConfig
 from schemas.evaluate import EvalConfig
 from schemas.filters import FilterConfig, SplitConfig
 from schemas.ingest import IngestConfig
+from schemas.preference import PreferenceConfig
 from schemas.tokenize import TokenizeConfig
 from schemas.tracking import TrackingConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
@@ -27,6 +28,8 @@ class PipelineConfig(StrictModel):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description=(
+        "Pairs (train.objective dpo) or labels (kto) from the annotations; unused for sft."))
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
@@ -54,25 +57,81 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _list_index(node: list, part: str, where: str) -> int:
+    """A list item by position, or by its ``name`` (filters, sources): ``filters.filters.min_rating``."""
+    if part.isdigit() and int(part) < len(node):
+        return int(part)
+    named = [i for i, item in enumerate(node) if isinstance(item, dict) and item.get("name") == part]
+    if len(named) == 1:
+        return named[0]
+    names = [str(item.get("name")) for item in node if isinstance(item, dict) and "name" in item]
+    raise ConfigError(f"override {where}: no list item {part}" + (f" (items: {', '.join(names)})" if names else ""))
+
+
+def _default_section(path: list[str]) -> Any:
+    """The default value of a config section that the YAML leaves out, as plain data (so an override can
+    change one entry of a default list, such as one filter's threshold)."""
+    model: Any = PipelineConfig
+    value: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None) if isinstance(model, type) else None
+        if not fields or part not in fields:
+            return None
+        field = fields[part]
+        if field.is_required():
+            return None
+        value = field.get_default(call_default_factory=True)
+        model = type(value) if isinstance(value, BaseModel) else None
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+    return None
+
+
+def _expand_filter_shorthand(parts: list[str]) -> list[str]:
+    """``filters.NAME.PARAM`` -> ``filters.filters.NAME.params.PARAM`` for a registered filter name."""
+    from schemas.filters import FILTER_PARAMS
+
+    if len(parts) >= 3 and parts[0] == "filters" and parts[1] in FILTER_PARAMS:
+        return ["filters", "filters", parts[1], "params", *parts[2:]]
+    if len(parts) >= 4 and parts[:2] == ["filters", "filters"] and parts[2] in FILTER_PARAMS and \
+            parts[3] not in ("name", "params"):
+        return ["filters", "filters", parts[2], "params", *parts[3:]]
+    return parts
+
+
 def apply_override(data: dict, parts: list[str], value: Any) -> None:
+    """Set one value. Lists take an index or an item's name; a section the YAML leaves out starts from its
+    defaults; ``filters.NAME.PARAM=V`` sets a parameter of the filter NAME in the chain."""
+    parts = _expand_filter_shorthand(parts)
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         where = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {where}: no list item {part}")
-            node = node[int(part)]
+            node = node[_list_index(node, part, where)]
         else:
-            node = node.setdefault(part, {})
+            if part not in node:
+                default = _default_section(parts[: i + 1]) if node is _walk_root(data, parts, i) else None
+                node[part] = default if default is not None else {}
+            node = node[part]
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"override {where}: is a value, not a section")
     last = parts[-1]
     if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"override {'.'.join(parts)}: no list item {last}")
-        node[int(last)] = value
+        node[_list_index(node, last, ".".join(parts))] = value
     else:
         node[last] = value
+
+
+def _walk_root(data: dict, parts: list[str], i: int) -> Any:
+    """The node at ``parts[:i]`` if every step so far went through mappings (defaults apply only there)."""
+    node: Any = data
+    for part in parts[:i]:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:

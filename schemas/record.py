@@ -3,7 +3,10 @@
 A record is one chat example:
 - ``id``: stable across runs and machines (derived from the source name and the raw row, see tasks.ingest.stage);
 - ``source``: the name of the configured source it came from;
-- ``messages``: ``[{role, content}]`` with roles system / user / assistant;
+- ``messages``: ``[{role, content, weight}]`` with roles system / user / assistant; ``weight`` is null unless
+  the source gave one (a finite number >= 0, set by ingest from the ShareGPT/axolotl per-message
+  ``weight``): ``0`` means no loss on this turn; null or a positive weight leaves the turn to the
+  tokenizer's ``train_on`` policy (the masks are built in ``tasks.tokenize``);
 - ``annotations``: one entry per annotator: ``{annotator_id, rating, labels}`` (rating may be null);
 - ``meta``: a JSON object serialised as a string, so arbitrary per-source fields survive Parquet.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.float64())])
 ANNOTATION = pa.struct([
     ("annotator_id", pa.string()),
     ("rating", pa.float64()),

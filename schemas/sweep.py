@@ -31,11 +31,11 @@ from schemas.pipeline import (
 )
 
 # What a curation output depends on: two variants equal on these share one curation (and its cache).
-CURATION_SECTIONS = ("ingest", "dedup", "filters", "split")
+CURATION_SECTIONS = ("ingest", "dedup", "filters", "split", "preference")
 # Sections a variant may change. The rest is the yardstick every variant is measured with: the base model and
 # its tokenizer (model), how eval text becomes tokens (tokenize), which ids are held out (split), where it is
 # tracked. Changing those per variant would make the eval losses incomparable.
-SWEEPABLE = ("ingest", "dedup", "filters", "adapter", "train")
+SWEEPABLE = ("ingest", "dedup", "filters", "preference", "adapter", "train")
 FILTER_FIELDS = set(FilterConfig.model_fields)
 
 
@@ -51,6 +51,9 @@ class SweepConfig(StrictModel):
     variants: list[dict[str, Any]] = Field(default_factory=list, description=(
         "Extra variants, each a mapping of 'section.key' -> value, run after the grid's."))
     include_base: bool = Field(False, description="Also run the base config itself as a variant named 'base'.")
+    seeds: list[int] = Field(default_factory=list, description=(
+        "Run every variant once per seed (as train.seed: weights init, data order, dropout), so each setting's "
+        "spread over seeds can be measured; empty: each variant once, with the base config's seed."))
     eval_overlap_ngram: int = Field(8, ge=1, description=(
         "Word n-gram size of the leak check between a variant's train records and the shared eval set."))
     eval_overlap_max: float = Field(0.5, ge=0, le=1, description=(
@@ -82,7 +85,8 @@ class Variant(StrictModel):
 def curation_settings(cfg: PipelineConfig) -> dict[str, Any]:
     """The settings a curation output depends on (its workdir included: outputs are cached there)."""
     dumped = cfg.model_dump(mode="json")
-    return {"workdir": cfg.workdir, **{s: dumped[s] for s in CURATION_SECTIONS}}
+    # train.objective decides whether curation ends in a split of records or in preference pairs.
+    return {"workdir": cfg.workdir, "objective": cfg.train.objective, **{s: dumped[s] for s in CURATION_SECTIONS}}
 
 
 def load_sweep(path: str | Path, sets: list[str] | None = None, grid: list[str] | None = None) -> SweepConfig:
@@ -186,6 +190,11 @@ def variant_overrides(sweep: SweepConfig) -> list[dict[str, Any]]:
         keys = list(sweep.grid)
         out += [dict(zip(keys, values)) for values in itertools.product(*(sweep.grid[k] for k in keys))]
     out += [dict(v) for v in sweep.variants]
+    if sweep.seeds:
+        clash = [i + 1 for i, o in enumerate(out) if "train.seed" in o]
+        if clash:
+            raise ConfigError(f"variants {clash} set train.seed, which 'seeds' already sets for every variant")
+        out = [{**o, "train.seed": seed} for o in out for seed in sweep.seeds]
     return out
 
 

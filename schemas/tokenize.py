@@ -19,7 +19,26 @@ class TokenizeConfig(StrictModel):
     pack_eval: bool = Field(True, description="Pack the eval split too (always apart from train).")
     chat_template: str | None = Field(None, description="Jinja chat template used when the tokenizer has none.")
     reject_control_tokens: bool = Field(True, description="Reject records whose text spells a special token "
-                                                          "(e.g. '<|eot_id|>'), which would fake turn boundaries.")
+                                                          "(e.g. '<|eot_id|>'), which would fake turn boundaries; "
+                                                          "the <think> tags around a reasoning trace are layout, "
+                                                          "not text, and pass.")
+    reasoning: Literal["last", "all", "strip"] = Field(
+        "last", description="Reasoning traces of assistant turns (inline '<think>…</think>' or a "
+        "reasoning_content field). 'last': the final reply keeps its reasoning and trains on it, rendered as "
+        "the template renders a final turn (under templates that drop it everywhere, as DeepSeek-R1's does, "
+        "after the template's generation prompt); earlier turns' reasoning is rendered as the template "
+        "renders history (Qwen3 and DeepSeek-R1 drop it, as at inference). 'all': as 'last', and when the "
+        "template drops earlier turns' reasoning, each assistant turn becomes its own sequence in which it "
+        "is the final turn, so every trace trains (costs tokens: the history repeats). 'strip': remove "
+        "reasoning, train on the answers only.")
+    on_dropped_content: Literal["reject", "keep"] = Field(
+        "reject", description="A record whose system or user text the chat template drops (Mistral's "
+        "renders the system prompt only before a final user turn): 'reject' it (counted per template, see "
+        "max_template_reject_share) or 'keep' it and train on the conversation as the template renders it.")
+    max_template_reject_share: float = Field(
+        0.05, ge=0, le=1, description="Fail the stage when more than this share of records is rejected "
+        "for what the chat template does (drops, rewrites or repeats a message, raises, or masks that fail "
+        "verification), naming the behaviour and the key to change.")
     num_proc: int = Field(1, ge=1, description="Processes for batched tokenization. 1 is fastest on small "
                                                "machines (the Rust tokenizer already uses every core); more "
                                                "spawns workers, so a calling script needs the "

@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from schemas.base import StrictModel
+from schemas.preference import PreferenceLossConfig
 
 
 class ModelConfig(StrictModel):
@@ -33,8 +34,20 @@ class AdapterConfig(StrictModel):
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved.")
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
     adapter_dtype: Literal["float32", "auto"] = Field(
-        "float32", description="LoRA weights in fp32 (peft's default, precise optimizer updates) or in the "
-                               "model's dtype (less memory traffic).")
+        "float32", description="LoRA weights in fp32 (peft's default; the LoRA matmuls then run in fp32/TF32) "
+                               "or in the model's dtype, bf16 on CUDA (less memory traffic; the optimizer still "
+                               "steps fp32 master copies unless train.master_weights is off).")
+    init: Literal["default", "gaussian", "loftq"] = Field(
+        "default", description="How the LoRA weights start: 'default' (A random, B zero, so training starts from "
+                               "the base itself), 'gaussian' (A Gaussian), or 'loftq' (QLoRA only, CUDA: A and B "
+                               "start as a rank-r SVD fit of what NF4 rounding took from each weight, read from the "
+                               "base's local safetensors, so training starts closer to the unquantized base).")
+
+    @model_validator(mode="after")
+    def _loftq_needs_qlora(self) -> AdapterConfig:
+        if self.init == "loftq" and self.method != "qlora":
+            raise ValueError("adapter.init 'loftq' fits the NF4 quantization error: it needs adapter.method 'qlora'")
+        return self
 
 
 class TrainConfig(StrictModel):
@@ -45,6 +58,12 @@ class TrainConfig(StrictModel):
         "save_every", "keep_checkpoints", "gradient_checkpointing", "checkpoint_layers", "batch_layout",
         "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes")
 
+    objective: Literal["sft", "dpo", "kto"] = Field(
+        "sft", description="What the adapter learns: 'sft' the responses themselves; 'dpo' to prefer the chosen "
+                           "over the rejected response of each pair; 'kto' from responses labelled desirable or "
+                           "undesirable. dpo/kto add the preference stage to curation (docs/concepts.md).")
+    preference: PreferenceLossConfig = Field(default_factory=PreferenceLossConfig,
+                                             description="beta and loss variant of dpo / kto.")
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     micro_batch_size: int = Field(4, ge=1, description="Rows per forward pass.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (when tokens_per_step is unset).")
@@ -57,6 +76,11 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(2, ge=0, description="Linear warm-up steps before the cosine decay.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    master_weights: bool = Field(
+        True, description="With adapter weights in bf16/fp16 (adapter.adapter_dtype: auto on CUDA), the optimizer "
+                          "steps fp32 master copies and writes them back rounded. Off, an update smaller than "
+                          "bf16's resolution of a weight (about |w|/512) is lost, as most are late in a cosine "
+                          "schedule (BENCHMARKS.md). No effect when the weights are fp32.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
         "adamw", description="torch AdamW (fused on CUDA) or bitsandbytes' 8-bit / paged AdamW.")
     eval_every: int = Field(10, ge=1, description="Evaluate on the held-out split every N steps.")
@@ -100,4 +124,7 @@ class TrainConfig(StrictModel):
     def _warmup_fits(self) -> TrainConfig:
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"train.warmup_steps ({self.warmup_steps}) exceeds train.max_steps ({self.max_steps})")
+        if self.objective == "kto" and self.preference.precompute_ref:
+            # KTO's reference term includes the KL sequences, which depend on the batch: nothing to precompute.
+            raise ValueError("train.preference.precompute_ref applies to train.objective dpo only")
         return self

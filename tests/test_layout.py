@@ -15,7 +15,7 @@ TASKS = ROOT / "tasks"
 
 # Lower layers never import higher ones; packages of one layer may import each other only where listed.
 LAYERS = {"core": 1, "track": 2, "ingest": 3, "dedup": 3, "filters": 3, "split": 3, "tokenize": 3,
-          "train": 4, "evaluate": 5, "sweep": 6}
+          "preference": 4, "train": 4, "evaluate": 5, "sweep": 6}
 SAME_LAYER_ALLOWED: set[tuple[str, str]] = set()
 
 

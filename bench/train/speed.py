@@ -5,11 +5,13 @@ recipe's /tmp/ckpt-<shape> checkpoints (building them the same way when missing)
 same weights on the same shapes, and compare the two side by side.
   python bench/train/speed.py OUT_JSON CASE [CASE ...]
 CASE is shape:method:ckpt:data[:opts]. shape: llama-1b, llama-8b, tiny (CPU smoke test); method: lora, qlora;
-ckpt: all (recompute every layer), none, half (every other layer); data: fixed (SEQ-token random rows, like
+ckpt: all (recompute every layer), none, half (every other layer), skipN (all but the last N layers); data: fixed (SEQ-token random rows, like
 the stock recipe) or sample (random tokens packed from the bundled sample's conversation lengths, see
 bench/train/sample_lengths.py); opts, joined by '+': attn=IMPL (sdpa by default), mb=N (micro-batch),
-compile (regional torch.compile), bf16a (LoRA weights in bf16, not fp32).
-Env: SEQ (2048), MB micro-batch (4), STEPS (12).
+compile (regional torch.compile), bf16a (LoRA weights in bf16, not fp32; the optimizer steps fp32 master
+copies), nomaster (with bf16a: no master copies, bf16 weights and AdamW state as before), profile
+(torch.profiler over steps 5-6: the top kernels and a time share per kernel kind go to PROFILE_DIR).
+Env: SEQ (2048), MB micro-batch (4), STEPS (12), PROFILE_DIR (.).
 """
 import gc
 import json
@@ -86,7 +88,9 @@ def bench(case: str, work: Path) -> dict:
     train = {"max_steps": STEPS, "micro_batch_size": mb, "compile": "compile" in opts, "lr": 1e-4,
              "warmup_steps": 1, "eval_every": 10**6,
              "eval_max_batches": 1, "save_every": 10**6, "gradient_checkpointing": ckpt != "none",
-             "checkpoint_layers": list(range(0, n_layers, 2)) if ckpt == "half" else None,
+             "checkpoint_layers": (list(range(0, n_layers, 2)) if ckpt == "half" else
+                                   list(range(n_layers - int(ckpt[4:]))) if ckpt.startswith("skip") else None),
+             "master_weights": "nomaster" not in opts,
              "batch_layout": "padded", "pad_to_multiple_of": 128, "loss": "chunked", "loss_chunk_tokens": 2048}
     cfg = PipelineConfig.model_validate({
         "ingest": {"sources": [{"name": "bench", "path": "unused"}]}, "workdir": str(work),
@@ -95,15 +99,54 @@ def bench(case: str, work: Path) -> dict:
                     "adapter_dtype": "auto" if "bf16a" in opts else "float32"},
         "train": train})
     steps: dict[int, dict] = {}
-    result = train_adapter(tok_dir, base, cfg, work / f"out-{case.replace(':', '-')}",
-                           lambda m, s: steps.setdefault(s, {}).update(m))
-    timed = [steps[s] for s in sorted(steps) if s > 3 and "step_s" in steps[s]] or list(steps.values())
+    prof = profiler(case) if "profile" in opts else None
+
+    def log(metrics: dict, step: int) -> None:
+        steps.setdefault(step, {}).update(metrics)
+        if prof is not None and "train_loss" in metrics and step in (4, 6):
+            prof.start() if step == 4 else prof.stop()
+
+    result = train_adapter(tok_dir, base, cfg, work / f"out-{case.replace(':', '-')}", log)
+    if prof is not None:
+        write_profile(prof, case)
+    profiled = {5, 6} if prof is not None else set()
+    timed = ([steps[s] for s in sorted(steps) if s > 3 and s not in profiled and "step_s" in steps[s]]
+             or list(steps.values()))
     med = sorted(timed, key=lambda m: m["step_s"])[len(timed) // 2]  # median step after warm-up
     return dict(recipe="peftpipe", case=case, shape=shape, mode=method, ckpt=ckpt, data=data, attn=attn,
                 seq=SEQ, micro_batch=mb, step_s=round(med["step_s"], 4), tokens_per_s=round(med["tokens_per_s"]),
                 mfu=round(med.get("mfu", 0.0), 4), peak_gib=round(result.get("gpu_peak_gib", 0.0), 2),
                 final_train_loss=round(result["train_loss"], 4),
                 gpu=torch.cuda.get_device_name() if CUDA else "cpu")
+
+
+KINDS = [("gemm", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "matmul")),
+         ("attention", ("flash", "fmha", "attention", "sdpa", "efficient")),
+         ("nf4 dequantize", ("dequant", "kdequantize")), ("fused by compile (triton)", ("triton",))]
+
+
+def profiler(case: str):
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if CUDA else [])
+    return torch.profiler.profile(activities=acts)
+
+
+def write_profile(prof, case: str) -> None:
+    """The top kernels by device time over the two profiled steps, and the share of each kind of kernel."""
+    events = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    self_time = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
+    total = sum(self_time(e) for e in events) or 1.0
+    shares: dict[str, float] = {}
+    for e in events:
+        kind = next((k for k, keys in KINDS if any(x in e.key.lower() for x in keys)), "other")
+        shares[kind] = shares.get(kind, 0.0) + self_time(e) / total
+    top = sorted(events, key=self_time, reverse=True)[:25]
+    lines = [f"{case}: device time of 2 steps {total / 1e3:.1f} ms; share by kind: "
+             + ", ".join(f"{k} {v:.1%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])),
+             "share  ms  calls  kernel"]
+    lines += [f"{self_time(e) / total:6.1%} {self_time(e) / 1e3:8.1f} {e.count:6d}  {e.key[:140]}" for e in top]
+    out = Path(os.environ.get("PROFILE_DIR", ".")) / f"profile-{case.replace(':', '_').replace('+', '_')}.txt"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:12]), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 A ``kill -9`` runs no handler, so the MLflow run of a killed attempt stays RUNNING for ever. Each run is
 tagged with its owner (host, pid, pid start time); the next start on that host marks RUNNING runs whose owner
 is gone as FAILED. Preflight checks fail fast, with the URL or path in the message, before curation or any
-GPU time: an unreachable MLflow or Prefect server, a workdir that cannot be written or has no room.
+GPU time: an unreachable MLflow or Prefect server (or one that is not MLflow), a tracking URI of an unknown
+scheme, a workdir that cannot be written or has no room, and every path the config names
+(``tasks.core.paths``: sources, decontamination sets, a local base model). It also removes the temporary
+directories that killed runs left behind. ``mlflow_retry_env`` bounds how long a lost MLflow server is retried.
 Secrets (tokens in the environment, passwords in URLs) are scrubbed from MLflow params and from log records.
 """
 from __future__ import annotations
@@ -23,6 +26,8 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from schemas.base import URL_PASSWORD
 
 OWNER_HOST_TAG = "peftpipe.host"
 OWNER_PID_TAG = "peftpipe.pid"
@@ -119,7 +124,7 @@ class PreflightError(RuntimeError):
     """A server or directory the run needs is not usable; the message names it and says what to do."""
 
 
-def _get(url: str, timeout: float) -> int:
+def _get(url: str, timeout: float, want_body: bool = False) -> Any:
     parts = urllib.parse.urlsplit(url)
     headers = {"User-Agent": "peftpipe-preflight"}
     if parts.username is not None:  # urllib does not take credentials from the URL: send them as Basic auth
@@ -129,9 +134,9 @@ def _get(url: str, timeout: float) -> int:
     req = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status
+            return (resp.status, resp.read(200)) if want_body else resp.status
     except urllib.error.HTTPError as exc:  # it answered: reachable, the status says the rest
-        return exc.code
+        return (exc.code, b"") if want_body else exc.code
 
 
 def check_http(url: str, what: str, hint: str, timeout: float = 5.0, attempts: int = 2,
@@ -157,13 +162,37 @@ def check_http(url: str, what: str, hint: str, timeout: float = 5.0, attempts: i
     raise PreflightError(f"{what} at {shown} cannot be reached after {attempts} attempt(s) ({error}). {hint}")
 
 
+# MLflow's tracking URI schemes (a database scheme may name its driver: postgresql+psycopg2).
+TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
+                    "databricks-uc")
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
 def check_tracking(tracking_uri: str, timeout: float = 5.0, attempts: int = 2) -> None:
-    """An http(s) MLflow server must answer; a SQLite or file store must be in a writable directory."""
+    """The URI's scheme must be one MLflow takes; an http(s) MLflow server must answer its health check with
+    200 (a server that is not MLflow answers 404); a database server must accept a connection; a SQLite or
+    file store must be in a writable directory."""
     parsed = urllib.parse.urlparse(tracking_uri)
-    if parsed.scheme in ("http", "https"):
-        check_http(tracking_uri.rstrip("/") + "/health", "MLflow tracking server",
-                   "Start it (`make ui`) or set tracking.tracking_uri, e.g. sqlite:///mlruns.db.",
-                   timeout, attempts)
+    scheme = parsed.scheme.split("+", 1)[0]
+    hint = "Start it (`make ui`) or set tracking.tracking_uri, e.g. sqlite:///mlruns.db."
+    if scheme not in TRACKING_SCHEMES:
+        raise PreflightError(f"tracking.tracking_uri {redact_url(tracking_uri)!r} has the scheme {parsed.scheme!r}, "
+                             f"which MLflow does not take (allowed: {', '.join(s for s in TRACKING_SCHEMES if s)}, "
+                             "or a plain path).")
+    if scheme in ("http", "https"):
+        url = tracking_uri.rstrip("/") + "/health"
+        check_http(url, "MLflow tracking server", hint, timeout, attempts)
+        status, body = _get(url, timeout, want_body=True)
+        if status != 200:
+            raise PreflightError(f"{redact_url(tracking_uri)} answers, but is not an MLflow tracking server "
+                                 f"(GET /health gave HTTP {status}; MLflow answers 200 OK). {hint}")
+    elif scheme in _DB_PORTS:
+        host, port = parsed.hostname or "localhost", parsed.port or _DB_PORTS[scheme]
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            raise PreflightError(f"the tracking database at {host}:{port} ({scheme}) does not accept connections "
+                                 f"({exc.strerror or exc}). {hint}") from None
     elif parsed.scheme == "sqlite":
         path = tracking_uri.split(":///", 1)[-1] if ":///" in tracking_uri else ""
         if path and path != ":memory:":
@@ -225,16 +254,54 @@ def check_writable_dir(path: str | Path, what: str, min_free_mb: float = 0) -> N
                              "are needed (PEFTPIPE_MIN_FREE_MB).")
 
 
+def mlflow_retry_env(lost_after_s: float) -> dict[str, str]:
+    """MLflow HTTP client settings under which a lost server fails a run within ``lost_after_s``.
+
+    A run makes at most two requests after the loss (the one that fails, then ending its run as FAILED), so
+    each request gets half: 3 attempts of ``timeout`` seconds (fewer for a budget under ~18 s), with urllib3's
+    backoff (0 s, then 2 x factor) and MLflow's jitter (up to 1 s per retry) between them. MLflow's default (7 retries, 120 s timeouts) takes
+    minutes."""
+    per_request = lost_after_s / 2
+    factor, jitter = 1, 1.0
+    for retries in (2, 1, 0):  # fewer retries when the budget cannot hold three attempts of 1 s
+        backoff = factor * max(0, 2 ** retries - 2) + retries * jitter
+        timeout = int((per_request - backoff) / (retries + 1))
+        if timeout >= 1:
+            break
+    timeout = max(1, timeout)
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(factor),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(jitter), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+
+
+def worst_case_request_s(env: Mapping[str, str]) -> float:
+    """The longest an MLflow request can take against a dead server under ``env`` (every attempt timing out)."""
+    retries, factor = int(env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]), int(env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+    jitter, timeout = float(env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"]), int(env["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    return (retries + 1) * timeout + factor * max(0, 2 ** retries - 2) + retries * jitter
+
+
+def bound_mlflow_retries(lost_after_s: float) -> None:
+    """Apply ``mlflow_retry_env`` where the environment does not set the variable already (the user's wins);
+    MLflow reads them at request time."""
+    for key, value in mlflow_retry_env(lost_after_s).items():
+        os.environ.setdefault(key, value)
+
+
 def preflight(cfg: Any, check_servers: bool = True) -> None:
     """Every check a run needs before it starts; raises one PreflightError listing all problems found.
 
-    Policy (environment): PEFTPIPE_PREFLIGHT_TIMEOUT seconds per request (5), PEFTPIPE_PREFLIGHT_ATTEMPTS (2,
-    with 1 s, 2 s... between them), PEFTPIPE_MIN_FREE_MB free space in the workdir (256).
+    First it removes the temporary stage directories of dead runs (``sweep_stale_tmp``). Policy
+    (environment): PEFTPIPE_PREFLIGHT_TIMEOUT seconds per request (5), PEFTPIPE_PREFLIGHT_ATTEMPTS (2, with
+    1 s, 2 s... between them), PEFTPIPE_MIN_FREE_MB free space in the workdir (256).
     """
+    from tasks.core.paths import check_config_paths
+
     timeout = float(os.environ.get("PEFTPIPE_PREFLIGHT_TIMEOUT", "5"))
     attempts = max(1, int(os.environ.get("PEFTPIPE_PREFLIGHT_ATTEMPTS", "2")))
     min_free = float(os.environ.get("PEFTPIPE_MIN_FREE_MB", "256"))
-    problems = []
+    if removed := sweep_stale_tmp(cfg.workdir):
+        logging.getLogger(__name__).info("removed %d temporary directories of killed runs", len(removed))
+    problems = check_config_paths(cfg, timeout)
     checks = [lambda: check_writable_dir(cfg.workdir, "workdir", min_free)]
     if check_servers:
         checks += [lambda: check_tracking(cfg.tracking.tracking_uri, timeout, attempts),
@@ -314,7 +381,7 @@ _TOKEN_PATTERNS = (
     re.compile(r"\bsk-[A-Za-z0-9_\-]{20,}"),         # OpenAI-style keys
     re.compile(r"\bpnu_[A-Za-z0-9]{20,}"),           # Prefect Cloud
 )
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)(?P<pw>[^@\s/]+)(?=@)")
+_URL_PASSWORD = URL_PASSWORD  # one pattern for the log scrubber and the config's JSON form (schemas.base)
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from tasks.core.pause import pause_point
+
 SUCCESS = "_SUCCESS"
 STATS = "stats.json"
 
@@ -150,6 +152,7 @@ def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], L
     tmp.mkdir()
     try:
         ledger = body(tmp)
+        pause_point(f"stage.{name}", tmp=tmp)  # test only: the data is written, the marker not yet
         ledger.stage = ledger.stage or name
         ledger.write(tmp)
         (tmp / SUCCESS).write_text("")
@@ -194,6 +197,15 @@ class ShardWriter:
             self._writer.close()
             self._writer = None
             self._shard += 1
+
+    def discard(self) -> None:
+        """Close and delete every shard written so far: the rows they held are taken back."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for path in self.directory.glob(f"{self.prefix}-*.parquet"):
+            path.unlink()
+        self.rows = self._shard = self._in_shard = 0
 
     def close(self) -> int:
         self._roll()

@@ -1,4 +1,5 @@
-"""Stage ``evaluate``: the trained adapter against its base, on held-out data (``stage``).
+"""Stage ``evaluate``: the trained adapter against its base, on held-out data (``stage``); a DPO / KTO adapter
+on the held-out pairs: reward accuracy, margin, which response each model prefers (``preference``).
 
 ``evalsets`` (prompts with references: the curated eval split, eval set files), ``generation`` (greedy,
 batched, left-padded answers), ``metrics`` (exact match, normalised exact match, contains-answer, token F1,

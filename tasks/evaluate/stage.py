@@ -15,6 +15,7 @@ from prefect import task
 from schemas.evaluate import EvalConfig
 from schemas.pipeline import PipelineConfig
 from schemas.tokenize import IGNORE_INDEX
+from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, code_version, digest
 from tasks.evaluate.evalsets import EvalSet, eval_sets_digest, file_set, heldout_set
 from tasks.evaluate.scoring import flat_metrics, score_sets
@@ -138,5 +139,6 @@ def evaluate_task(tokenized: StageOutput, base: str, adapter_dir: Path, cfg: Pip
                               records.data("eval") if records else None)
     tmp = cached.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(result, default=str))
+    pause_point("evaluate", tmp=tmp)  # test only: the result is written, not yet in place
     os.replace(tmp, cached)  # atomic: a killed run never leaves half a result
     return result

@@ -44,9 +44,29 @@ def flagged_labels(batch: FilterBatch, p: FlaggedLabelsParams) -> FilterResult:
 def min_rating(batch: FilterBatch, p: MinRatingParams) -> FilterResult:
     """Drop records whose mean (or median) rating is below the threshold, or that have no rating at all."""
     agg = batch.annotation_stats()[p.aggregate]
+    no_scale = np.zeros(batch.n, dtype=bool)
+    if p.scale == "normalized":  # through each record's declared scale (ingest's meta.rating_scale)
+        lo, hi = _rating_scales(batch)
+        no_scale = np.isnan(lo)
+        agg = (agg - lo) / (hi - lo)
     keep = ~np.isnan(agg) & (agg >= p.threshold)
-    reasons = np.where(np.isnan(agg), "no_rating", "low_rating").tolist()
+    reasons = np.where(no_scale, "no_rating_scale", np.where(np.isnan(agg), "no_rating", "low_rating")).tolist()
     return FilterResult(keep, reasons, lambda i: f"{p.aggregate}={_fmt(agg[i])}<{p.threshold}")
+
+
+def _rating_scales(batch: FilterBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Per record, the [low, high] rating scale its source declared (NaN where none)."""
+    import json
+
+    lo, hi = np.full(batch.n, np.nan), np.full(batch.n, np.nan)
+    for i, meta in enumerate(batch.table.column("meta").to_pylist()):
+        try:
+            scale = json.loads(meta or "{}").get("rating_scale")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(scale, list) and len(scale) == 2:
+            lo[i], hi[i] = scale
+    return lo, hi
 
 
 @register("max_rating_spread")

@@ -51,7 +51,9 @@ def _with_messages(batch: FilterBatch, replace: dict[int, list[dict[str, str]]])
     # Only the rewritten rows go through Python: append them after the old column and pick rows by index.
     old = batch.table.column("messages").combine_chunks()
     changed = sorted(replace)
-    redacted = pa.array([replace[i] for i in changed], type=pa.list_(MESSAGE))
+    # Redaction rewrites contents only: every other message field (a turn's loss weight) is kept.
+    redacted = pa.array([[{**o, **n} for o, n in zip(old[i].as_py(), replace[i], strict=True)] for i in changed],
+                        type=pa.list_(MESSAGE))
     index = np.arange(batch.n, dtype=np.int64)
     index[changed] = batch.n + np.arange(len(changed))
     col = pa.concat_arrays([old, redacted]).take(pa.array(index))

@@ -27,19 +27,8 @@ from schemas.ingest import IngestConfig, SourceConfig
 from schemas.record import QUARANTINE_SCHEMA
 from tasks.core.stage import shard_paths
 from tasks.ingest.convert import PartResult, RowConverter, content_record_id
-from tasks.ingest.readers import (
-    BLOCK_BYTES,
-    COMPRESSIONS,
-    SourceStats,
-    file_kind,
-    is_json_array,
-    read_json_file,
-)
-
-
-class _NoHash:
-    def update(self, _: bytes) -> None:
-        pass
+from tasks.ingest.listing import COMPRESSIONS
+from tasks.ingest.readers import BLOCK_BYTES, NoHash, SourceStats, file_kind, json_layout, read_json_file
 
 
 def can_split(fs: Any, path: str, cfg: IngestConfig, src: SourceConfig) -> bool:
@@ -50,7 +39,7 @@ def can_split(fs: Any, path: str, cfg: IngestConfig, src: SourceConfig) -> bool:
             or os.path.getsize(path) < cfg.parallel_min_bytes):
         return False
     with open(path, "rb") as f:
-        return not is_json_array(f, path)
+        return json_layout(f.read(1 << 16), path) == "lines"
 
 
 def split_points(path: str, n: int) -> list[int]:
@@ -75,13 +64,15 @@ def convert_chunk(src_json: dict, cfg_json: dict, path: str, start: int, end: in
                   preset: str | None) -> PartResult:
     """Worker: convert the lines in [start, end) of a file into part ``prefix``."""
     src, cfg = SourceConfig.model_validate(src_json), IngestConfig.model_validate(cfg_json)
-    stats = SourceStats(hasher=_NoHash())
+    stats = SourceStats(hasher=NoHash())
     conv = RowConverter(src, cfg, Path(out), prefix, preset)
+    conv.begin_file(preset)
     with open(path, "rb", buffering=0) as raw:
         raw.seek(start)
         for row in read_json_file(io.BufferedReader(raw, BLOCK_BYTES), path, stats, cfg.max_record_bytes,
                                   length=end - start):
             conv.add(row)
+    conv.end_file()
     result = conv.close()
     result.n_lines = stats.lines
     return result
@@ -89,7 +80,8 @@ def convert_chunk(src_json: dict, cfg_json: dict, path: str, start: int, end: in
 
 def convert_split(src: SourceConfig, cfg: IngestConfig, path: str, out: Path, prefix: str, preset: str | None,
                   stats: SourceStats) -> list[PartResult]:
-    """Convert one big file with a process pool while this process hashes it; parts in file order."""
+    """Convert one big file with a process pool while this process hashes it; parts in file order. If the
+    file cannot be read to its end, every shard of it is removed before the error goes up."""
     workers = cfg.workers or os.cpu_count() or 1
     points = split_points(path, workers)
     jobs = [(src.model_dump(), cfg.model_dump(), path, a, b, f"{prefix}-{i:05d}", str(out), preset)
@@ -97,11 +89,20 @@ def convert_split(src: SourceConfig, cfg: IngestConfig, path: str, out: Path, pr
     # spawn, not fork: the parent may run Prefect or MLflow threads that a fork would copy mid-lock.
     with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(convert_chunk, *job) for job in jobs]
-        with open(path, "rb") as f:
-            while block := f.read(BLOCK_BYTES):
-                stats.hasher.update(block)
-                stats.bytes_read += len(block)
-        parts = [fut.result() for fut in futures]
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(BLOCK_BYTES):
+                    stats.hasher.update(block)
+                    stats.bytes_read += len(block)
+            parts = [fut.result() for fut in futures]
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            pool.shutdown(wait=True)
+            for sub in ("data", "rejects"):
+                for shard in (out / sub).glob(f"{prefix}-*.parquet"):
+                    shard.unlink()
+            raise
     stats.files.append(path)
     offset = 0
     for part in parts:
@@ -158,7 +159,8 @@ def reconcile(parts: list[PartResult], src: SourceConfig, cfg: IngestConfig, out
                          for i in np.flatnonzero(part_dup)]
             _quarantine_duplicates(moved, locations, src, cfg, out, part.prefix)
             part.kept -= int(drop_pos.size)
-            part.dropped["duplicate_id"] += int(drop_pos.size)
+            if drop_pos.size:
+                part.dropped["duplicate_id"] += int(drop_pos.size)
         if part.line_offset and part.dropped:
             for path in shard_paths(out / "rejects"):
                 if path.name.startswith(part.prefix + "-") and "-dup-" not in path.name:
@@ -205,7 +207,7 @@ def _quarantine_duplicates(moved: pa.Table | None, locations: list[str], src: So
     rows = moved.to_pylist()
     raw = [json.dumps({k: r[k] for k in ("messages", "annotations")} | {"meta": r["meta"]},
                       ensure_ascii=False)[:2000] for r in rows]
-    detail = [f"id {json.loads(r['meta']).get('source_id', '')[:80]!r} already seen in source {src.name}"
+    detail = [f"id {json.loads(r['meta']).get('source_id', '')!r:.80} already seen in source {src.name}"
               for r in rows]
     table = pa.table({"source": pa.array([src.name] * len(rows), pa.string()),
                       "location": pa.array(locations, pa.string()),

@@ -1,19 +1,27 @@
 """Readers: every kind of source as one stream of ``Row``s, in bounded memory, hashing what they read.
 
 A source is a local file, glob or directory, an fsspec URL, ``hf:NAME`` (``datasets.load_dataset``) or
-``disk:PATH`` (``datasets.load_from_disk``). Files are read by extension (compression suffixes such as .gz are
-undone by fsspec): .jsonl/.ndjson/.json (JSON lines, or one JSON array), .csv/.tsv, .parquet, .txt (one text
-per line). Text lines are numbered from 1 (``path:LINE``), table rows from 0 (``path#ROW``).
+``disk:PATH`` (``datasets.load_from_disk``); ``tasks.ingest.listing`` says which files it names. Files are read
+by extension (compression suffixes such as .gz are undone by fsspec): .jsonl/.ndjson/.json (JSON lines, or
+JSON documents), .csv/.tsv (``tasks.ingest.csv_reader``), .parquet, .txt (one text per line). Text lines are
+numbered from 1 (``path:LINE``), table rows and array elements from 0 (``path#ROW``).
 
 JSON lines are cut out of fixed-size blocks, so memory stays bounded by the block size plus
 ``max_record_bytes`` whatever the input; a longer line is skipped to its end and reported as ``oversize``.
+A JSON file whose first record spans several lines (a pretty-printed array or object, whatever the
+extension) is read as a document instead: each array element or top-level value is one record, so the
+ledger counts records, not lines. Export quirks read as their authors meant: a UTF-8 byte-order mark is
+dropped, and ``NaN`` / ``Infinity`` (Python's ``json.dumps`` writes them) parse as numbers.
+
+A reader raises when the file itself is bad (not gzip, cut short, not Parquet, an I/O error); ingest then
+quarantines the whole file (``tasks.ingest.stage``). Row-level problems come back as ``Row.error``.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,37 +29,38 @@ from typing import Any
 import fsspec
 
 from schemas.ingest import SourceConfig
+from tasks.ingest.csv_reader import read_csv_file
+from tasks.ingest.listing import COMPRESSIONS, CSV_EXT, JSON_EXT, PARQUET_EXT, TEXT_EXT, IngestError, is_local
 from tasks.ingest.presets import RowError
+from tasks.ingest.rows import RAW_CHARS, Row, raw_text
 
 try:
     from orjson import JSONDecodeError as _OrjsonError
+    from orjson import dumps as _dumps
     from orjson import loads as _loads
     _JSON_ERRORS: tuple[type[Exception], ...] = (_OrjsonError, ValueError, RecursionError)
 except ImportError:  # pragma: no cover
     _loads = json.loads
     _JSON_ERRORS = (ValueError, RecursionError)
 
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, allow_nan=False).encode("utf-8")
+
+__all__ = ["BLOCK_BYTES", "IngestError", "Row", "SourceStats", "file_kind", "json_layout", "raw_text",
+           "read_file", "read_hf", "read_json_file"]
+
 BLOCK_BYTES = 1 << 22
-RAW_CHARS = 2000  # how much of a bad row the quarantine keeps
 HEAD_BYTES = RAW_CHARS * 4
-COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
-JSON_EXT, CSV_EXT, PARQUET_EXT, TEXT_EXT = (".jsonl", ".ndjson", ".json"), (".csv", ".tsv"), (".parquet", ".pq"), \
-    (".txt", ".text", ".md")
-KNOWN_EXT = JSON_EXT + CSV_EXT + PARQUET_EXT + TEXT_EXT
+BOM = b"\xef\xbb\xbf"
+_NONFINITE = re.compile(rb"NaN|Infinity")
+_WS = " \t\r\n"
 
 
-class IngestError(RuntimeError):
-    """A source that cannot be read at all: missing, or yielding nothing. The message names the path."""
+class NoHash:
+    """A hasher that hashes nothing: for bytes already hashed, or hashed by another process."""
 
-
-@dataclass
-class Row:
-    """One row read from a source: a parsed object, or the error that kept it from parsing."""
-
-    location: str
-    value: Any = None
-    raw: bytes | None = None  # the original bytes of a text row, for the quarantine
-    error: RowError | None = None
+    def update(self, _: bytes) -> None:
+        pass
 
 
 @dataclass
@@ -69,15 +78,6 @@ class SourceStats:
             self.fields = {str(k): type(v).__name__ for k, v in row.items()}
 
 
-def raw_text(raw: bytes | None, value: Any = None) -> str:
-    if raw is not None:
-        return raw[:RAW_CHARS * 4].decode("utf-8", errors="backslashreplace")[:RAW_CHARS]
-    try:
-        return json.dumps(value, default=str, ensure_ascii=False)[:RAW_CHARS]
-    except (TypeError, ValueError, RecursionError):
-        return repr(value)[:RAW_CHARS]
-
-
 def _strip_compression(name: str) -> str:
     for suffix in COMPRESSIONS:
         if name.endswith(suffix):
@@ -93,27 +93,29 @@ def file_kind(path: str) -> str:
     return "json"  # an explicitly named file of unknown type is read as JSON lines
 
 
-def resolve_files(path: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
-    """The files a local path, glob, directory or fsspec URL names, sorted; IngestError if there are none."""
-    fs, root = fsspec.core.url_to_fs(path)
-    if any(c in root for c in "*?["):
-        files = sorted(p for p in fs.glob(root) if fs.isfile(p))
-    elif fs.isdir(root):
-        files = sorted(p for p in fs.find(root) if p.lower().endswith(KNOWN_EXT + tuple(
-            e + c for e in KNOWN_EXT for c in COMPRESSIONS)) and not p.rsplit("/", 1)[-1].startswith("."))
-    elif fs.exists(root):
-        files = [root]
-    else:
-        raise IngestError(f"source not found: {path}")
-    if not files:
-        raise IngestError(f"source {path} matches no readable files (looked for {', '.join(KNOWN_EXT)})")
-    return fs, files
+# --------------------------------------------------------------------------- JSON
+
+def _clean(value: Any) -> bool:
+    """Whether a value parsed by the permissive stdlib decoder can be stored: no lone surrogates, no integers
+    past 64 bits (orjson, which writes the records, refuses both)."""
+    try:
+        _dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def parse_json_line(line: bytes, location: str) -> Row:
     try:
         return Row(location, _loads(line), line)
     except _JSON_ERRORS as exc:
+        if _NONFINITE.search(line):  # NaN / Infinity: not JSON, but what Python's json.dumps writes
+            try:
+                value = json.loads(line)
+                if _clean(value):
+                    return Row(location, value, line)
+            except (ValueError, RecursionError):
+                pass
         try:
             line.decode("utf-8")
         except UnicodeDecodeError as bad:
@@ -121,16 +123,23 @@ def parse_json_line(line: bytes, location: str) -> Row:
         return Row(location, None, line, RowError("invalid_json", str(exc)[:200]))
 
 
-def iter_lines(f: io.BufferedIOBase, stats: SourceStats, max_bytes: int, length: int | None = None
-               ) -> Iterator[tuple[int, bytes, bool]]:
-    """(line number, line, too long) for each line of the next ``length`` bytes (all by default); a line
-    longer than ``max_bytes`` comes back as its head only, and is never held whole in memory."""
-    carry, lineno, skipping = b"", 0, False
-    left = -1 if length is None else length
-    while left and (block := f.read(BLOCK_BYTES if left < 0 else min(BLOCK_BYTES, left))):
-        left -= len(block) if left > 0 else 0
-        stats.hasher.update(block)
-        stats.bytes_read += len(block)
+def iter_lines(f: io.BufferedIOBase, stats: SourceStats, max_bytes: int, length: int | None = None,
+               head: bytes = b"", first_line: int = 1) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, line, too long) for each line of ``head`` (already read and hashed) and then of the next
+    ``length`` bytes of ``f`` (all by default); a line longer than ``max_bytes`` comes back as its head only,
+    and is never held whole in memory."""
+    def blocks() -> Iterator[bytes]:
+        if head:
+            yield head
+        left = -1 if length is None else length
+        while left and (block := f.read(BLOCK_BYTES if left < 0 else min(BLOCK_BYTES, left))):
+            left -= len(block) if left > 0 else 0
+            stats.hasher.update(block)
+            stats.bytes_read += len(block)
+            yield block
+
+    carry, lineno, skipping = b"", first_line - 1, False
+    for block in blocks():
         lines = (carry + block).split(b"\n")
         carry = lines.pop()
         for line in lines:
@@ -147,34 +156,120 @@ def iter_lines(f: io.BufferedIOBase, stats: SourceStats, max_bytes: int, length:
     if carry and not skipping:
         lineno += 1
         yield (lineno, carry, False) if len(carry) <= max_bytes else (lineno, carry[:HEAD_BYTES], True)
-    stats.lines += lineno
+    stats.lines += lineno - first_line + 1
 
 
-def is_json_array(f: io.BufferedIOBase, path: str) -> bool:
-    """A .json file holding one JSON array (rather than JSON lines)."""
-    head = f.peek(64)[:64] if hasattr(f, "peek") else b""
-    return _strip_compression(path.lower()).endswith(".json") and head.lstrip()[:1] == b"["
+def json_layout(head: bytes, path: str) -> str:
+    """'document' when the first record spans lines (a pretty-printed array or object) or a .json file holds
+    one array; 'lines' otherwise. ``head`` is the file's first block."""
+    text = head[len(BOM):] if head.startswith(BOM) else head
+    text = text.lstrip()
+    if text[:1] not in (b"[", b"{"):
+        return "lines"
+    if text[:1] == b"[" and _strip_compression(path.lower()).endswith(".json"):
+        return "document"
+    first, newline, _ = text.partition(b"\n")
+    if not newline:  # one long first line (or one line in all): JSON lines
+        return "lines"
+    return "lines" if parse_json_line(first.rstrip(b"\r"), "").error is None else "document"
 
 
-def read_json_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_bytes: int,
-                   length: int | None = None) -> Iterator[Row]:
-    if length is None and is_json_array(f, path):  # one JSON array: it has to be parsed whole
-        data = f.read()
-        stats.hasher.update(data)
-        stats.bytes_read += len(data)
-        try:
-            rows = _loads(data)
-        except _JSON_ERRORS as exc:
-            yield Row(f"{path}:1", None, data[:RAW_CHARS], RowError("invalid_json", str(exc)[:200]))
-            return
-        for i, row in enumerate(rows if isinstance(rows, list) else [rows]):
-            yield Row(f"{path}#{i}", row)
+def _skip_ws(text: str, pos: int) -> int:
+    n = len(text)
+    while pos < n and text[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def iter_json_document(data: bytes, path: str, max_bytes: int) -> Iterator[Row]:
+    """The records of a JSON document: each element of a top-level array, each top-level value otherwise.
+
+    A broken array element ends the array with one ``invalid_json`` row for the rest of it (elements before
+    it are kept); a top-level value that does not parse sends the rest of the file to the JSON-lines reader,
+    from its line on (so a file that only looked like a document reads exactly as JSON lines).
+    """
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    try:  # the common case, one well-formed array: orjson, fast
+        whole = _loads(data)
+    except _JSON_ERRORS:
+        whole = None
+    if isinstance(whole, list):
+        for i, value in enumerate(whole):
+            yield Row(f"{path}#{i}", value)
         return
-    for lineno, line, too_long in iter_lines(f, stats, max_bytes, length):
+    # Undecodable bytes become lone surrogates: the values holding them are rejected one by one below.
+    text = data.decode("utf-8", errors="surrogateescape")
+    decoder = json.JSONDecoder()
+    pos, line, counted, element, counted_values = _skip_ws(text, 0), 1, 0, 0, 0
+    while pos < len(text):
+        line += text.count("\n", counted, pos)
+        counted = pos
+        if text[pos] == "[":
+            pos = _skip_ws(text, pos + 1)
+            first = True
+            while True:
+                if pos < len(text) and text[pos] == "]":
+                    pos += 1
+                    break
+                if not first:
+                    if pos >= len(text) or text[pos] != ",":
+                        yield _broken_tail(text, pos, path, element, "expected ',' or ']' between elements")
+                        return
+                    pos = _skip_ws(text, pos + 1)
+                    if pos < len(text) and text[pos] == "]":  # a trailing comma: harmless, accepted
+                        pos += 1
+                        break
+                try:
+                    value, end = decoder.raw_decode(text, pos)
+                except (ValueError, RecursionError) as exc:
+                    yield _broken_tail(text, pos, path, element, getattr(exc, "msg", str(exc)))
+                    return
+                yield _value_row(f"{path}#{element}", value, text, pos, end, max_bytes)
+                element, first = element + 1, False
+                pos = _skip_ws(text, end)
+        else:
+            try:
+                value, end = decoder.raw_decode(text, pos)
+            except (ValueError, RecursionError):
+                # Nothing parsed yet: the file only looked like a document, so all of it is JSON lines.
+                start = text.rfind("\n", 0, pos) + 1 if element or counted_values else 0
+                rest = text[start:].encode("utf-8", errors="surrogateescape")
+                yield from read_json_lines(io.BytesIO(rest), path, SourceStats(hasher=NoHash()), max_bytes,
+                                           first_line=line if start else 1)
+                return
+            yield _value_row(f"{path}:{line}", value, text, pos, end, max_bytes)
+            counted_values += 1
+            pos = end
+        pos = _skip_ws(text, pos)
+
+
+def _value_row(location: str, value: Any, text: str, start: int, end: int, max_bytes: int) -> Row:
+    if end - start > max_bytes:
+        return Row(location, None, text[start:start + HEAD_BYTES].encode("utf-8", errors="surrogateescape"),
+                   RowError("oversize", f"record of {end - start} characters > {max_bytes} bytes"))
+    if not _clean(value):
+        return Row(location, None, text[start:min(end, start + HEAD_BYTES)].encode("utf-8", "surrogateescape"),
+                   RowError("invalid_utf8", "undecodable bytes or a lone surrogate escape in the record"))
+    return Row(location, value)
+
+
+def _broken_tail(text: str, pos: int, path: str, element: int, why: str) -> Row:
+    line = text.count("\n", 0, pos) + 1
+    return Row(f"{path}#{element}", None, text[pos:pos + HEAD_BYTES].encode("utf-8", errors="surrogateescape"),
+               RowError("invalid_json", f"JSON array broken at element {element} (line {line}): {why}; the rest "
+                                        "of the array is this one reject"))
+
+
+def read_json_lines(f: io.BufferedIOBase, path: str, stats: SourceStats, max_bytes: int,
+                    length: int | None = None, head: bytes = b"", first_line: int = 1) -> Iterator[Row]:
+    for lineno, line, too_long in iter_lines(f, stats, max_bytes, length, head, first_line):
         location = f"{path}:{lineno}"
         if too_long:
             yield Row(location, None, line, RowError("oversize", f"line longer than {max_bytes} bytes"))
             continue
+        if lineno == 1 and line.startswith(BOM):
+            line = line[len(BOM):]
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line.strip():
@@ -183,12 +278,35 @@ def read_json_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_byte
         yield parse_json_line(line, location)
 
 
+def read_json_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_bytes: int,
+                   length: int | None = None) -> Iterator[Row]:
+    """A JSON file as JSON lines or as one document (``json_layout``); a byte range of it (``length``, the
+    parallel workers) is always JSON lines."""
+    if length is not None:
+        yield from read_json_lines(f, path, stats, max_bytes, length)
+        return
+    head = f.read(BLOCK_BYTES)
+    stats.hasher.update(head)
+    stats.bytes_read += len(head)
+    if json_layout(head, path) == "lines":
+        yield from read_json_lines(f, path, stats, max_bytes, head=head)
+        return
+    rest = f.read()
+    stats.hasher.update(rest)
+    stats.bytes_read += len(rest)
+    yield from iter_json_document(head + rest, path, max_bytes)
+
+
+# --------------------------------------------------------------------------- text and Parquet
+
 def read_text_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_bytes: int) -> Iterator[Row]:
     for lineno, line, too_long in iter_lines(f, stats, max_bytes):
         location = f"{path}:{lineno}"
         if too_long:
             yield Row(location, None, line, RowError("oversize", f"line longer than {max_bytes} bytes"))
             continue
+        if lineno == 1 and line.startswith(BOM):
+            line = line[len(BOM):]
         line = line.rstrip(b"\r")
         try:
             text = line.decode("utf-8")
@@ -199,54 +317,6 @@ def read_text_file(f: io.BufferedIOBase, path: str, stats: SourceStats, max_byte
             yield Row(location, None, line, RowError("blank_line", "empty line"))
             continue
         yield Row(location, {"text": text}, line)
-
-
-class _HashingReader(io.RawIOBase):
-    """Hash and count bytes as the csv module pulls them through a text wrapper."""
-
-    def __init__(self, f: io.BufferedIOBase, stats: SourceStats):
-        self.f, self.stats = f, stats
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        data = self.f.read(len(buf))
-        self.stats.hasher.update(data)
-        self.stats.bytes_read += len(data)
-        buf[: len(data)] = data
-        return len(data)
-
-
-def read_csv_file(f: io.BufferedIOBase, path: str, stats: SourceStats) -> Iterator[Row]:
-    # Undecodable bytes become lone surrogates, so the row that holds them can be quarantined by itself.
-    text = io.TextIOWrapper(io.BufferedReader(_HashingReader(f, stats)), encoding="utf-8",
-                            errors="surrogateescape", newline="")
-    delimiter = "\t" if ".tsv" in path.lower() else ","
-    reader = csv.reader(text, delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    for i, cells in enumerate(reader):
-        location = f"{path}#{i}"
-        raw = delimiter.join(cells).encode("utf-8", errors="surrogateescape")
-        if not any(c.strip() for c in cells):
-            yield Row(location, None, raw, RowError("blank_line", "empty CSV row"))
-        elif any(_has_surrogates(c) for c in cells):
-            yield Row(location, None, raw, RowError("invalid_utf8", "undecodable bytes in the row"))
-        elif len(cells) != len(header):
-            yield Row(location, None, raw, RowError("wrong_type", f"{len(cells)} cells, header has {len(header)}"))
-        else:
-            yield Row(location, dict(zip(header, cells, strict=True)), raw)
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
 
 
 def read_parquet_file(f: Any, path: str, stats: SourceStats) -> Iterator[Row]:
@@ -266,11 +336,12 @@ def read_parquet_file(f: Any, path: str, stats: SourceStats) -> Iterator[Row]:
 
 def shown_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+    return path if is_local(fs) else f"{protocol}://{path}"
 
 
 def read_file(fs: fsspec.AbstractFileSystem, path: str, stats: SourceStats, max_bytes: int) -> Iterator[Row]:
-    """Every row of one file, by its kind."""
+    """Every row of one file, by its kind; raises (OSError, EOFError, ArrowInvalid, ...) when the file itself
+    cannot be read."""
     shown = shown_path(fs, path)
     stats.files.append(shown)
     kind = file_kind(path)
@@ -281,10 +352,12 @@ def read_file(fs: fsspec.AbstractFileSystem, path: str, stats: SourceStats, max_
         elif kind == "text":
             yield from read_text_file(f, shown, stats, max_bytes)
         elif kind == "csv":
-            yield from read_csv_file(f, shown, stats)
+            yield from read_csv_file(f, shown, stats, max_bytes)
         else:
             yield from read_parquet_file(f, shown, stats)
 
+
+# --------------------------------------------------------------------------- hub and saved datasets
 
 def load_hf(src: SourceConfig) -> Any:
     """``hf:NAME`` through datasets.load_dataset, ``disk:PATH`` through load_from_disk; one split."""
@@ -305,8 +378,9 @@ def load_hf(src: SourceConfig) -> Any:
     try:
         return datasets.load_dataset(name, src.subset, split=src.split, revision=src.revision,
                                      streaming=src.streaming)
-    except (FileNotFoundError, ValueError) as exc:  # datasets raises these for unknown names and splits
-        raise IngestError(f"source {src.name}: cannot load {src.path} split {src.split!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - unknown names and splits, no network, no cache: all one message
+        raise IngestError(f"source {src.name}: cannot load {src.path} split {src.split!r}: "
+                          f"{type(exc).__name__}: {str(exc)[:300]}") from None
 
 
 def read_hf(src: SourceConfig, stats: SourceStats) -> Iterator[Row]:

@@ -1,17 +1,19 @@
 """Ingest: every configured source into the one record shape, as Parquet shards, accounting for every row.
 
 Each row read is either kept (``data/``, RECORD_SCHEMA) or quarantined (``rejects/``, QUARANTINE_SCHEMA) with a
-reason, its source and its line or row number; ``stats.json`` counts both, per reason. A missing source, or
-one that yields no rows at all, is the only error that stops the stage.
+reason, its source and its line or row number; ``stats.json`` counts both, per reason. A file that cannot be
+read is quarantined whole, as one row (``tasks.ingest.files``). A missing source, or one that yields no rows
+at all, is the only error that stops the stage (``IngestError``, exit 6), unless
+``ingest.unreadable_files: fail`` asks for a bad file to stop it too.
 
 Record ids are stable across runs and machines (20 hex digits of a SHA-1):
-- a row with an id: ``sha1(source name, "id", raw id)``; a second row of the same source with that raw id is
-  quarantined as ``duplicate_id``;
+- a row with an id: ``sha1(source name, "id", raw id)`` (``"int_id"`` for an integer id, so ``7`` and ``"7"``
+  differ); a second row of the same source with that raw id is quarantined as ``duplicate_id``;
 - a row without one: ``sha1(source name, "content", 64 bits of sha1(messages), k)`` where k counts earlier
   rows of the source with identical messages, so identical rows still get distinct ids (exact dedup drops
   them later).
-The raw id is kept in ``meta.source_id``. With ``format: auto`` the first of a source's leading rows that fits
-a preset picks the preset for the whole source.
+The raw id is kept in ``meta.source_id``. With ``format: auto`` each file gets its own preset (the first of
+its leading rows that fits one decides); a hub dataset is one file.
 
 Big local JSON-lines files are split over ``workers`` processes (tasks.ingest.parallel); the output is the
 same as in-process, row for row. Memory stays bounded: rows are read in 4 MiB blocks and written every 8,192
@@ -37,10 +39,12 @@ from schemas.pipeline import PipelineConfig
 from schemas.record import QUARANTINE_SCHEMA, RECORD_SCHEMA
 from tasks.core.stage import IO_RETRIES, Ledger, StageOutput, code_version, digest, run_stage, shard_paths
 from tasks.ingest.convert import PartResult, RowConverter, content_record_id, detect_preset, record_id
-from tasks.ingest.parallel import can_split, convert_split, reconcile
+from tasks.ingest.files import SourceReader
+from tasks.ingest.listing import IngestError, list_source
+from tasks.ingest.parallel import reconcile
 from tasks.ingest.presets import resolve_fields
-from tasks.ingest.readers import IngestError, Row, SourceStats, read_file, read_hf, resolve_files
-from tasks.track.artifacts import publish_table
+from tasks.ingest.readers import Row, SourceStats, read_hf
+from tasks.track.artifacts import publish_markdown
 
 __all__ = ["IngestError", "content_record_id", "ingest", "ingest_source", "ingest_task",
            "lineage_rows", "log_lineage_to_mlflow", "record_id", "source_fingerprint"]
@@ -48,71 +52,93 @@ __all__ = ["IngestError", "content_record_id", "ingest", "ingest_source", "inges
 log = logging.getLogger(__name__)
 
 
-def _leading_rows(src: SourceConfig, max_bytes: int) -> Iterator[Row]:
-    """The first rows of a source, read separately, for format detection."""
-    stats = SourceStats()
-    if src.path.startswith(("hf:", "disk:")):
-        yield from read_hf(src, stats)
-        return
-    fs, files = resolve_files(src.path)
-    for path in files:
-        yield from read_file(fs, path, stats, max_bytes)
+def _hf_rows(src: SourceConfig, stats: SourceStats) -> Iterator[Row]:
+    """A hub or saved dataset's rows; a failure part-way (the network went) is a clear IngestError."""
+    rows = read_hf(src, stats)
+    index = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except IngestError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - datasets and the hub raise many kinds
+            raise IngestError(f"source {src.name}: reading {src.path} failed after {index} rows: "
+                              f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        index += 1
+        yield row
 
 
-def ingest_source(src: SourceConfig, cfg: IngestConfig, out: Path, index: int) -> dict[str, Any]:
-    """Convert one source into parts of ``out``; return its lineage (counts per reason, digest, fields)."""
-    stats = SourceStats()
+def _ingest_hf(src: SourceConfig, cfg: IngestConfig, out: Path, index: int, stats: SourceStats
+               ) -> tuple[list[PartResult], list[dict[str, Any]]]:
     preset = None if src.format == "auto" else src.format
     if preset is None:
-        rows = _leading_rows(src, cfg.max_record_bytes)
+        rows = _hf_rows(src, SourceStats())
         try:
             preset = detect_preset(rows, resolve_fields(src.field_map))
         finally:
             rows.close()
-    parts: list[PartResult] = []
-    conv: RowConverter | None = None
-    n_in = 0
+    conv = RowConverter(src, cfg, out, f"part-{index:03d}-00000-00000", preset)
+    conv.begin_file(preset)
+    for row in itertools.islice(_hf_rows(src, stats), src.limit):
+        conv.add(row)
+    conv.end_file()
+    part = conv.close()
+    return [part], [{"file": src.path, "format": preset or "per row", "rows": part.n_in, "quarantined": ""}]
+
+
+# Where to look when a stage rejects an unusual share: the reason -> the config key that usually explains it.
+_HINTS = {"oversize": "ingest.max_record_bytes", "rating_out_of_scale": "ingest.sources[{i}].rating_scale",
+          "unknown_format": "ingest.sources[{i}].format / field_map", "missing_field":
+          "ingest.sources[{i}].format / field_map", "wrong_type": "ingest.sources[{i}].field_map / annotation_map",
+          "bad_role": "ingest.sources[{i}].field_map (role)", "duplicate_id": "ingest.sources[{i}].field_map (id)"}
+UNUSUAL_SHARE = 0.5
+
+
+def _warn(src: SourceConfig, index: int, n_in: int, kept: int, dropped: Counter, unmapped: Counter) -> None:
+    if kept and (n_in - kept) / n_in > UNUSUAL_SHARE:  # kept == 0 has its own warning
+        reason, n = dropped.most_common(1)[0]
+        hint = _HINTS.get(reason, "ingest.sources[{i}]").format(i=index)
+        log.warning("source %s (%s): %d of %d rows quarantined, most as %s (%d); check %s. Reasons: %s",
+                    src.name, src.path, n_in - kept, n_in, reason, n, hint, dict(dropped))
+    if unmapped:
+        keys = ", ".join(f"{k}={v}" for k, v in unmapped.most_common(8))
+        log.warning("source %s (%s): rows carry annotation-like keys that are not mapped, so their ratings or "
+                    "labels read as missing: %s. Map them with ingest.sources[%d].annotation_map (e.g. "
+                    "{rating: score} or {ratings: scores}).", src.name, src.path, keys, index)
+
+
+def ingest_source(src: SourceConfig, cfg: IngestConfig, out: Path, index: int) -> dict[str, Any]:
+    """Convert one source into parts of ``out``; return its lineage (counts per reason, digest, fields, and
+    a row per file: what preset it was read with)."""
+    stats = SourceStats()
     if src.path.startswith(("hf:", "disk:")):
-        conv = RowConverter(src, cfg, out, f"part-{index:03d}-00000-00000", preset)
-        for row in itertools.islice(read_hf(src, stats), src.limit):
-            conv.add(row)
+        parts, files = _ingest_hf(src, cfg, out, index, stats)
     else:
-        fs, files = resolve_files(src.path)
-        for f_index, path in enumerate(files):
-            if src.limit is not None and n_in >= src.limit:
-                break
-            if can_split(fs, path, cfg, src):
-                if conv is not None:
-                    parts.append(conv.close())
-                    conv = None
-                parts += convert_split(src, cfg, path, out, f"part-{index:03d}-{f_index:05d}", preset, stats)
-                continue
-            if conv is None:
-                conv = RowConverter(src, cfg, out, f"part-{index:03d}-{f_index:05d}-00000", preset)
-            rows = read_file(fs, path, stats, cfg.max_record_bytes)
-            for row in rows:
-                conv.add(row)
-                n_in += 1
-                if src.limit is not None and n_in >= src.limit:
-                    rows.close()
-                    break
-    if conv is not None:
-        parts.append(conv.close())
+        read = SourceReader(src, cfg, out, index, stats).read()
+        parts, files = read.parts, read.files
     reconcile(parts, src, cfg, out)
     dropped: Counter = Counter()
+    unmapped: Counter = Counter()
     for p in parts:
         dropped.update(p.dropped)
+        unmapped.update(p.unmapped)
     n_in, kept = sum(p.n_in for p in parts), sum(p.kept for p in parts)
     if n_in == 0:
         raise IngestError(f"source {src.name}: {src.path} yields no rows")
     if kept == 0:
         log.warning("source %s (%s): every row was quarantined: %s", src.name, src.path, dict(dropped))
-    fmt = next((p.preset for p in parts if p.preset), preset or src.format)
+    _warn(src, index, n_in, kept, dropped, unmapped)
+    formats = Counter(f["format"] for f in files if f["format"] != "-")
+    fmt = next(iter(formats)) if len(formats) == 1 else \
+        "mixed: " + ", ".join(f"{k}={v}" for k, v in formats.most_common()) if formats else src.format
     fields = stats.fields or next((p.fields for p in parts if p.fields), {})
     return {"name": src.name, "path": src.path, "format": fmt, "weight": src.weight,
             "files": stats.files[:50], "n_files": len(stats.files), "bytes_read": stats.bytes_read,
             "digest": stats.hasher.hexdigest()[:32], "rows_in": n_in, "kept": kept,
-            "dropped": dict(sorted(dropped.items())), "schema": fields,
+            "dropped": dict(sorted(dropped.items())), "schema": fields, "file_formats": files[:1000],
+            **({"unmapped_annotation_keys": dict(unmapped.most_common(20))} if unmapped else {}),
             **({"split": src.split, "revision": src.revision} if src.path.startswith(("hf:", "disk:")) else {})}
 
 
@@ -165,10 +191,16 @@ def source_fingerprint(src: SourceConfig) -> str:
             return digest(src.path, [_file_fingerprint(fs, str(p)) for p in files])
         return digest(src.path, src.subset, src.split, src.revision or "unpinned")
     try:
-        fs, files = resolve_files(src.path)
+        fs, entries = list_source(src.path)
     except IngestError:
         return digest(src.path, "missing")  # ingest itself raises the clear error
-    return digest(src.path, [_file_fingerprint(fs, p) for p in files])
+    prints = []
+    for e in entries:
+        try:
+            prints.append(_file_fingerprint(fs, e.path) if e.error is None else [e.path, e.error.reason])
+        except OSError as exc:  # unreadable: ingest quarantines it; its error is what there is to hash
+            prints.append([e.path, type(exc).__name__, getattr(exc, "errno", None)])
+    return digest(src.path, prints)
 
 
 def lineage_rows(stage: StageOutput) -> list[dict[str, Any]]:
@@ -182,6 +214,27 @@ def lineage_rows(stage: StageOutput) -> list[dict[str, Any]]:
     return rows
 
 
+def _md_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
+    cols = list(rows[0])
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] +
+                     ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows])
+
+
+def file_rows(stage: StageOutput) -> list[dict[str, Any]]:
+    """One table row per file read: its source, the preset it was read with, its rows, a file-level reject."""
+    return [{"source": s["name"], **f} for s in stage.ledger.extra.get("sources", []) for f in
+            s.get("file_formats", [])]
+
+
+def lineage_markdown(stage: StageOutput) -> str:
+    """The lineage artifact: the sources table, then what was detected per file."""
+    return ("## Sources\n\n" + _md_table(lineage_rows(stage)) +
+            "\n\n## Files (format: the preset each file was read with)\n\n" + _md_table(file_rows(stage)) + "\n")
+
+
 @task(name="ingest", **IO_RETRIES)
 def ingest_task(cfg: PipelineConfig) -> StageOutput:
     """Ingest the configured sources (reusing a finished output of the same sources and config)."""
@@ -189,7 +242,7 @@ def ingest_task(cfg: PipelineConfig) -> StageOutput:
     settings = cfg.ingest.cache_settings()
     key = digest("ingest", code_version("tasks.ingest", "tasks.core.stage"), settings, [source_fingerprint(s) for s in cfg.ingest.sources])
     stage = run_stage(cfg.workdir, "ingest", key, lambda tmp: ingest(cfg.ingest, tmp))
-    publish_table("ingest-lineage", lineage_rows(stage), description=f"Sources of config {cfg.name}")
+    publish_markdown("ingest-lineage", lineage_markdown(stage), description=f"Sources of config {cfg.name}")
     return stage
 
 

@@ -1,4 +1,4 @@
-"""Packing tokenized sequences into rows of ``max_seq_len`` and collating rows into a training batch.
+"""Packing tokenized sequences into rows of ``max_seq_len`` (batching the rows is ``tasks.train.data.collate``).
 
 A packed row is several whole sequences laid end to end. ``position_ids`` restart at 0 at each sequence, and
 that restart is the only boundary marker the model needs: with ``attention_mask=None`` transformers 5 reads
@@ -83,33 +83,3 @@ def packing_efficiency(num_tokens: int, num_rows: int, capacity: int) -> float:
     """Real tokens / token slots when every row is padded to ``capacity``."""
     return num_tokens / (num_rows * capacity) if num_rows else 0.0
 
-
-def collate(rows: list[dict], pad_id: int, attention_mask: bool = False, pad_to: int | None = None) -> dict:
-    """Right-pad rows into tensors ``input_ids``, ``labels``, ``position_ids`` (and optionally ``attention_mask``).
-
-    Padding gets labels -100 and positions that restart at 0, so the padded tail is its own "sequence": no
-    real token attends to it, and a padding-only batch needs no attention mask either. Pass
-    ``attention_mask=True`` to get the classic 0/1 mask instead (then the model ignores position restarts,
-    so only use it with one sequence per row).
-    """
-    import torch
-
-    width = max(len(r["input_ids"]) for r in rows)
-    if pad_to is not None:
-        width = max(width, pad_to)
-    n = len(rows)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    pos = torch.zeros((n, width), dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        k = len(row["input_ids"])
-        ids[i, :k] = torch.from_numpy(np.asarray(row["input_ids"], dtype=np.int64))
-        labels[i, :k] = torch.from_numpy(np.asarray(row["labels"], dtype=np.int64))
-        pos[i, :k] = torch.from_numpy(np.asarray(row["position_ids"], dtype=np.int64))
-        pos[i, k:] = torch.arange(width - k)
-        mask[i, :k] = 1
-    batch = {"input_ids": ids, "labels": labels, "position_ids": pos}
-    if attention_mask:
-        batch["attention_mask"] = mask
-    return batch

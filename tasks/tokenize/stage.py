@@ -4,7 +4,10 @@ Stage ``tokenize`` reads the split stage's ``train/`` and ``eval/`` record shard
 ``eval/`` shards of TOKENIZED_SCHEMA rows (schemas/tokenize.py) plus ``rejects/``. Eval records are never
 packed into a train row: each split is packed on its own.
 
-Templating, prompt masking and the length policy live in tasks.tokenize.chat; packing in tasks.tokenize.packing.
+Templating, prompt masking and the length policy live in tasks.tokenize.chat (``encode_chat`` is the same path
+for one conversation); packing in tasks.tokenize.packing. What the chat template did (messages it dropped or
+moved, reasoning it dropped, records rejected for it) is counted in the ledger's ``template`` entry, and more
+than ``tokenize.max_template_reject_share`` of template rejects fails the stage (tasks.tokenize.report).
 
 How rows are fed to the model: training and evaluation collate them with ``tasks.train.data`` (input_ids,
 position_ids and shifted targets, no attention_mask) and take the loss with
@@ -32,6 +35,7 @@ from prefect import task
 from schemas.pipeline import PipelineConfig
 from schemas.record import REJECT_SCHEMA
 from schemas.tokenize import IGNORE_INDEX, TOKENIZED_SCHEMA, TokenizeConfig
+from tasks.core.errors import NothingToTrainError
 from tasks.core.stage import (
     Ledger,
     ShardWriter,
@@ -43,10 +47,9 @@ from tasks.core.stage import (
     with_reject_columns,
 )
 from tasks.tokenize.chat import EncodedBatch, encode_in_worker, encode_records, init_worker, mask_method
-from tasks.tokenize.packing import (
-    collate as collate,  # re-exported: the training code may import it from here
-)
 from tasks.tokenize.packing import pack_sequences, packing_efficiency, single_rows
+from tasks.tokenize.report import check_template_share, template_report
+from tasks.tokenize.spans import probe
 from tasks.tokenize.tokenizer import load_tokenizer, tokenizer_digest
 
 STAGE = "tokenize"
@@ -55,18 +58,18 @@ TOKENIZE_REJECT_SCHEMA = pa.schema(list(REJECT_SCHEMA) + [pa.field("split", pa.s
                                                           pa.field("num_tokens", pa.int32())])
 
 
-def _encoded_batches(in_dir: Path, tok, cfg: TokenizeConfig, method: str, pool: ProcessPoolExecutor | None
+def _encoded_batches(in_dir: Path, tok, cfg: TokenizeConfig, pool: ProcessPoolExecutor | None
                      ) -> Iterator[tuple[pa.RecordBatch, EncodedBatch]]:
     """Input batches with their encodings, in input order; at most 2 batches per worker in flight."""
     if pool is None:
         for batch in iter_batches(in_dir, batch_size=cfg.batch_size):
             yield batch, encode_records(tok, batch.column("id").to_pylist(),
-                                        batch.column("messages").to_pylist(), cfg, method)
+                                        batch.column("messages").to_pylist(), cfg)
         return
     pending: deque[tuple[pa.RecordBatch, Future]] = deque()
     for batch in iter_batches(in_dir, batch_size=cfg.batch_size):
         pending.append((batch, pool.submit(encode_in_worker, batch.column("id").to_pylist(),
-                                           batch.column("messages").to_pylist(), cfg, method)))
+                                           batch.column("messages").to_pylist(), cfg)))
         if len(pending) >= 2 * cfg.num_proc:
             done, fut = pending.popleft()
             yield done, fut.result()
@@ -93,11 +96,14 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
 class SplitStats:
     records: int = 0
     kept: int = 0
+    sequences: int = 0  # more than kept records under tokenize.reasoning=all
     rows: int = 0
     tokens: int = 0
     loss_tokens: int = 0
     truncated: int = 0
     dropped: Counter = field(default_factory=Counter)
+    behaviours: Counter = field(default_factory=Counter)  # template behaviours, records per behaviour
+    first_detail: dict[str, str] = field(default_factory=dict)  # reason -> the first reject's detail
     first_reject: str = ""
 
 
@@ -105,7 +111,6 @@ def tokenize_split(in_dir: Path, split: str, tok, cfg: TokenizeConfig, rows_out:
                    pool: ProcessPoolExecutor | None = None) -> SplitStats:
     """Tokenize one split's records, pack them (within windows of ``cfg.pack_window``) and write rows/rejects."""
     stats, buffer = SplitStats(), []
-    method = mask_method(tok, cfg.train_on)
     pack = cfg.packing and (split == "train" or cfg.pack_eval)
 
     def flush() -> None:
@@ -115,7 +120,7 @@ def tokenize_split(in_dir: Path, split: str, tok, cfg: TokenizeConfig, rows_out:
             stats.rows += len(rows)
             buffer.clear()
 
-    for batch, enc in _encoded_batches(in_dir, tok, cfg, method, pool):
+    for batch, enc in _encoded_batches(in_dir, tok, cfg, pool):
         stats.records += batch.num_rows
         if enc.rejects:
             table = pa.Table.from_batches([batch]).take([r.index for r in enc.rejects])
@@ -125,8 +130,12 @@ def tokenize_split(in_dir: Path, split: str, tok, cfg: TokenizeConfig, rows_out:
                      .append_column("num_tokens", pa.array([r.num_tokens for r in enc.rejects], pa.int32())))
             rejects.write(table)
             stats.dropped.update(r.reason for r in enc.rejects)
+            for r in enc.rejects:
+                stats.first_detail.setdefault(r.reason, r.detail)
             stats.first_reject = stats.first_reject or f"{enc.rejects[0].reason}: {enc.rejects[0].detail}"
-        stats.kept += len(enc.seqs)
+        stats.kept += batch.num_rows - len(enc.rejects)
+        stats.behaviours.update(enc.behaviours)
+        stats.sequences += len(enc.seqs)
         stats.truncated += enc.truncated
         stats.tokens += sum(len(s) for s in enc.seqs)
         stats.loss_tokens += sum(int((s.labels != IGNORE_INDEX).sum()) for s in enc.seqs)
@@ -165,12 +174,17 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
             pool.shutdown()
     seconds = time.perf_counter() - start
     tr, ev = stats["train"], stats["eval"]
-    if tr.records and not tr.kept:  # training on nothing would fail later, far from the cause
-        raise ValueError(f"tokenize: all {tr.records} train records were rejected {dict(tr.dropped)}; "
-                         f"first reason: {tr.first_reject}")
     ledger = Ledger(STAGE, n_in=sum(s.records for s in stats.values()), kept=sum(s.kept for s in stats.values()))
     for s in stats.values():
         ledger.dropped.update(s.dropped)
+    behaviours = sum((s.behaviours for s in stats.values()), Counter())
+    info = probe(tok)
+    report = template_report(info.name, info.digest, ledger.n_in, ledger.dropped, behaviours,
+                             {**ev.first_detail, **tr.first_detail})
+    check_template_share(report, cfg.max_template_reject_share)
+    if tr.records and not tr.kept:  # training on nothing would fail later, far from the cause
+        raise NothingToTrainError(f"nothing left to train on: tokenize: all {tr.records} train records were "
+                                  f"rejected {dict(tr.dropped)}; first reason: {tr.first_reject}")
     ledger.extra = {
         "packing_efficiency": round(packing_efficiency(tr.tokens, tr.rows, cfg.max_seq_len), 4),
         "eval_packing_efficiency": round(packing_efficiency(ev.tokens, ev.rows, cfg.max_seq_len), 4),
@@ -178,6 +192,7 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
         "train_tokens": tr.tokens, "eval_tokens": ev.tokens,
         "train_loss_tokens": tr.loss_tokens, "eval_loss_tokens": ev.loss_tokens,
         "truncated": tr.truncated + ev.truncated, "mask_method": mask_method(tok, cfg.train_on),
+        "train_sequences": tr.sequences, "template": report,
         "max_seq_len": cfg.max_seq_len, "packing": cfg.packing,
         "tokens_per_s": round((tr.tokens + ev.tokens) / seconds) if seconds > 0 else None,
     }
@@ -193,13 +208,3 @@ def tokenize_task(split: StageOutput, tokenizer_dir: str, cfg: PipelineConfig) -
     return run_stage(cfg.workdir, STAGE, key, lambda tmp: tokenize_splits(
         split.path, tokenizer_dir, cfg.tokenize, tmp, cfg.model.revision, cfg.model.trust_remote_code))
 
-
-def read_rows(directory: Path) -> list[dict]:
-    """A tokenized split as row dicts of int32 numpy arrays, ready for ``tasks.tokenize.packing.collate``."""
-    rows: list[dict] = []
-    for batch in iter_batches(directory, columns=["input_ids", "labels", "position_ids", "num_tokens"]):
-        cols = {k: (batch.column(k).offsets.to_numpy(), batch.column(k).values.to_numpy(zero_copy_only=False))
-                for k in ("input_ids", "labels", "position_ids")}
-        for i in range(batch.num_rows):
-            rows.append({k: v[off[i]:off[i + 1]] for k, (off, v) in cols.items()})
-    return rows

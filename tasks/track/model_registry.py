@@ -15,6 +15,7 @@ import mlflow
 import mlflow.pyfunc
 
 from schemas.pipeline import PipelineConfig
+from tasks.core.pause import pause_point
 
 CANDIDATE_ALIAS = "candidate"
 BEST_ALIAS = "best"  # a sweep's best variant (tasks.sweep.compare ranks them)
@@ -88,6 +89,8 @@ def log_adapter_model(adapter_dir: Path, base: str, cfg: PipelineConfig, registe
     """Log the adapter as a pyfunc model into the active MLflow run, register it under
     ``cfg.tracking.register_as`` (or ``cfg.name``) and point the alias 'candidate' at the new version.
     Returns the logged model's URI. ``register=False`` only logs it (a sweep registers its best variant)."""
+    active = mlflow.active_run()
+    pause_point("log-model", run_id=active.info.run_id if active else "")  # test only: after the artifacts
     adapter_dir = Path(adapter_dir)
     name = cfg.tracking.register_as or cfg.name
     adapter_key = adapter_dir.parent.name  # the content-addressed training output this adapter came from

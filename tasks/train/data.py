@@ -1,12 +1,15 @@
 """Training batches from the tokenized split: a resumable cursor over a seeded order, padding-free collation.
 
 Rows come from ``tasks.tokenize.stage`` (input_ids, labels with -100 where there is no loss, position_ids that
-restart at 0 at each packed sequence). Targets are shifted here, inside each sequence, so no token ever learns
-to predict the first token of the next record.
+restart at 0 at each packed sequence) and stay in Arrow's flat int32 buffers (``TokenizedRows``). Targets are
+shifted here, inside each sequence, so no token ever learns to predict the first token of the next record.
+``collate`` is the one collate: training, evaluation and the tests all batch rows through it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 import torch
@@ -27,25 +30,81 @@ class Row:
 
 def shift_targets(labels: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
     """targets[t] = labels[t+1], except at the last token of each sequence (the next one restarts at 0)."""
-    targets = np.full(len(labels), IGNORE_INDEX, dtype=np.int64)
+    targets = np.full(len(labels), IGNORE_INDEX, dtype=labels.dtype if labels.dtype.kind == "i" else np.int64)
     if len(labels) > 1:
         targets[:-1] = labels[1:]
         targets[:-1][position_ids[1:] == 0] = IGNORE_INDEX
     return targets
 
 
-def load_rows(split_dir) -> list[Row]:
-    """Every row of a tokenized split, in shard order; a missing or empty split is an empty list."""
-    if not shard_paths(split_dir):
-        return []
-    rows = []
-    for batch in iter_batches(split_dir, columns=["input_ids", "labels", "position_ids"]):
-        for ids, labels, pos in zip(*(batch.column(c).to_pylist() for c in ("input_ids", "labels", "position_ids")),
-                                    strict=True):
-            ids, labels, pos = (np.asarray(a, dtype=np.int64) for a in (ids, labels, pos))
-            if len(ids):
-                rows.append(Row(ids, shift_targets(labels, pos), pos))
-    return rows
+@dataclass(frozen=True)
+class _Chunk:
+    """One record batch of a split: flat token columns and where each (non-empty) row starts and ends."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    input_ids: np.ndarray
+    targets: np.ndarray
+    position_ids: np.ndarray
+
+
+class TokenizedRows(Sequence[Row]):
+    """The rows of a tokenized split, held as the flat int32 columns Arrow read them into.
+
+    ``input_ids`` and ``position_ids`` are views on Arrow's buffers (no copy, no per-row Python lists); the
+    shifted targets are computed once per record batch, vectorised. ``rows[i]`` is a ``Row`` of views.
+    """
+
+    def __init__(self, chunks: list[_Chunk]):
+        self._chunks = chunks
+        self._first = np.cumsum([0] + [len(c.starts) for c in chunks])  # index of each chunk's first row
+
+    def __len__(self) -> int:
+        return int(self._first[-1])
+
+    @overload
+    def __getitem__(self, i: int) -> Row: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Row]: ...
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} out of range ({len(self)} rows)")
+        c = int(np.searchsorted(self._first, i, side="right")) - 1
+        chunk, k = self._chunks[c], i - int(self._first[c])
+        a, b = int(chunk.starts[k]), int(chunk.ends[k])
+        return Row(chunk.input_ids[a:b], chunk.targets[a:b], chunk.position_ids[a:b])
+
+
+def _flat_column(batch, name: str) -> tuple[np.ndarray, np.ndarray]:
+    col = batch.column(name)
+    return col.offsets.to_numpy(), col.values.to_numpy(zero_copy_only=col.values.null_count == 0)
+
+
+def load_rows(split_dir) -> TokenizedRows:
+    """Every non-empty row of a tokenized split, in shard order; a missing or empty split has no rows."""
+    chunks = []
+    for n, batch in enumerate(iter_batches(split_dir, columns=["input_ids", "labels", "position_ids"])
+                              if shard_paths(split_dir) else []):
+        (off, ids), (lab_off, labels), (pos_off, pos) = (_flat_column(batch, c)
+                                                         for c in ("input_ids", "labels", "position_ids"))
+        lengths = np.diff(off)
+        if not (np.array_equal(lengths, np.diff(lab_off)) and np.array_equal(lengths, np.diff(pos_off))):
+            raise ValueError(f"{split_dir}: batch {n} has rows whose input_ids, labels and position_ids differ "
+                             "in length")
+        targets = np.full(len(labels), IGNORE_INDEX, dtype=np.int32)
+        targets[:-1] = labels[1:]
+        targets[:-1][pos[1:] == 0] = IGNORE_INDEX  # the next token starts another sequence
+        keep = lengths > 0
+        starts, ends = off[:-1][keep], off[1:][keep]
+        targets[ends - 1] = IGNORE_INDEX  # nor does the last token of a row predict the next row's first
+        chunks.append(_Chunk(starts, ends, ids, targets, pos))
+    return TokenizedRows(chunks)
 
 
 @dataclass
@@ -95,7 +154,7 @@ class Batch:
                      self.targets.to(device, non_blocking=nb), self.n_tokens, self.n_loss_tokens)
 
 
-def collate(rows: list[Row], layout: str = "flat", pad_id: int = 0, multiple: int = 1) -> Batch:
+def collate(rows: Sequence[Row], layout: str = "flat", pad_id: int = 0, multiple: int = 1) -> Batch:
     """One micro-batch. 'flat': all rows end to end in a single row, no padding at all (position_ids restart
     per sequence, so attention stays inside each one). 'padded': rows padded to the longest; each pad run
     gets its own restarting positions, so it forms a separate masked-out "sequence" instead of needing a mask.
@@ -106,17 +165,18 @@ def collate(rows: list[Row], layout: str = "flat", pad_id: int = 0, multiple: in
     if layout == "flat":
         rows = [Row(*(np.concatenate([getattr(r, a) for r in rows]) for a in ("input_ids", "targets", "position_ids")))]
     width = -(-max(len(r) for r in rows) // multiple) * multiple
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    tgt = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    pos = torch.arange(width, dtype=torch.long).repeat(len(rows), 1)
+    # Filled in numpy: the rows are read-only views on Arrow's buffers, which torch.from_numpy warns about.
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    tgt = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+    pos = np.empty((len(rows), width), dtype=np.int64)
     for i, r in enumerate(rows):
         n = len(r)
-        ids[i, :n], tgt[i, :n], pos[i, :n] = (torch.from_numpy(a) for a in (r.input_ids, r.targets, r.position_ids))
-        pos[i, n:] = torch.arange(width - n)
-    return Batch(ids, pos, tgt, n_tokens, n_loss)
+        ids[i, :n], tgt[i, :n], pos[i, :n] = r.input_ids, r.targets, r.position_ids
+        pos[i, n:] = np.arange(width - n)
+    return Batch(torch.from_numpy(ids), torch.from_numpy(pos), torch.from_numpy(tgt), n_tokens, n_loss)
 
 
-def micro_batches_for_step(rows: list[Row], cursor: DataCursor, micro_batch_size: int, grad_accum: int,
+def micro_batches_for_step(rows: Sequence[Row], cursor: DataCursor, micro_batch_size: int, grad_accum: int,
                            tokens_per_step: int | None, layout: str, pad_id: int,
                            rank: int = 0, world_size: int = 1, multiple: int = 1) -> list[Batch]:
     """The micro-batches of one optimizer step for this rank.
@@ -137,7 +197,7 @@ def micro_batches_for_step(rows: list[Row], cursor: DataCursor, micro_batch_size
             return out
 
 
-def eval_batches(rows: list[Row], micro_batch_size: int, layout: str, pad_id: int,
+def eval_batches(rows: Sequence[Row], micro_batch_size: int, layout: str, pad_id: int,
                  max_batches: int | None = None, multiple: int = 1):
     """The eval split in file order, in fixed micro-batches, so every evaluation sees the same tokens."""
     for n, start in enumerate(range(0, len(rows), micro_batch_size)):

@@ -65,23 +65,42 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return getattr(base, base.base_model_prefix), base.get_output_embeddings()
 
 
+def _hidden_at_targets(model, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor):
+    """The decoder's hidden states at the positions whose target is not -100, those targets, and the head.
+
+    No attention mask is passed: transformers then reads the restarts of ``position_ids`` as sequence
+    boundaries (block-diagonal mask for sdpa/eager/flex, cu_seqlens for flash-attention), which is what keeps
+    packed records apart (tests/tasks/train/test_packing_isolation.py fails if it stops doing so).
+    """
+    decoder, head = decoder_and_head(model)
+    hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    flat_targets = targets.reshape(-1)
+    keep = flat_targets != IGNORE_INDEX
+    return hidden.reshape(-1, hidden.shape[-1])[keep], flat_targets[keep], keep, head
+
+
 def causal_lm_loss_sum(model, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
                        fused: bool, chunk: int = 2048) -> torch.Tensor:
     """Summed next-token loss over the positions whose target is not -100 (targets are already shifted).
 
     The head runs only on those positions: prompt tokens and padding never reach the vocabulary projection.
     """
-    decoder, head = decoder_and_head(model)
-    hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-    flat_targets = targets.reshape(-1)
-    keep = flat_targets != IGNORE_INDEX
-    hidden = hidden.reshape(-1, hidden.shape[-1])[keep]
-    flat_targets = flat_targets[keep]
+    hidden, flat_targets, _, head = _hidden_at_targets(model, input_ids, position_ids, targets)
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph (and DDP's collectives) intact on an all-prompt batch
     if fused and isinstance(head, torch.nn.Linear) and head.bias is None:
         return fused_linear_cross_entropy(hidden, head.weight, flat_targets, chunk)
     return plain_linear_cross_entropy(hidden, head, flat_targets)
+
+
+def causal_lm_token_losses(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                           targets: torch.Tensor) -> torch.Tensor:
+    """The per-token losses that ``causal_lm_loss_sum`` adds up, shaped like ``targets`` (NaN where -100):
+    the same decoder call and target selection, the plain head, no reduction."""
+    hidden, flat_targets, keep, head = _hidden_at_targets(model, input_ids, position_ids, targets)
+    out = torch.full(keep.shape, float("nan"), device=hidden.device)
+    out[keep] = F.cross_entropy(head(hidden).float(), flat_targets, reduction="none")
+    return out.view(targets.shape)
 
 
 def use_fused_loss(tc: TrainConfig, device: torch.device) -> bool:

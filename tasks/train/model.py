@@ -15,6 +15,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
+from tasks.core.pause import pause_point
 from tasks.core.stage import IO_RETRIES, StageOutput, code_version, digest, publish_dir
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
     written to a temporary directory first, so a killed build never leaves a half model that looks finished.
     """
     if model_cfg.name_or_path != TINY:
-        return model_cfg.name_or_path
+        return local_base_or_hub_id(model_cfg.name_or_path)
     if corpus_dir is None:
         raise ValueError("model 'tiny-llama' trains its tokenizer on the corpus: pass corpus_dir")
     from tasks.tokenize.tokenizer import tokenizer_corpus, train_sample_tokenizer
@@ -100,6 +101,7 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         train_sample_tokenizer(tokenizer_corpus(corpus_dir), tmp, vocab_size=model_cfg.tiny_vocab_size)
+        pause_point("prepare-base-model", tmp=tmp)  # test only: the tokenizer is written, the weights not yet
         build_tiny_llama(tmp, tmp, model_cfg)
         publish_dir(tmp, final, _tiny_complete)  # a concurrent run may already read its twin
     finally:
@@ -107,10 +109,29 @@ def prepare_base_model(model_cfg: ModelConfig, workdir: Path, corpus_dir: Path |
     return str(final)
 
 
+def local_base_or_hub_id(name_or_path: str) -> str:
+    """A saved local base (e.g. ``work/models/base-gpu-...`` from bench/base_model/pretrain.py) as an absolute
+    path, checked before any work: a missing one fails here, naming the script that builds it, instead of as a
+    hub lookup of a repository called 'work/models/...'. Anything that is not a path is a hub id."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model.name_or_path {name_or_path!r} is a directory without config.json: "
+                                    f"not a saved transformers model")
+        return str(path.resolve())
+    if looks_local:
+        raise FileNotFoundError(f"model.name_or_path {name_or_path!r}: no such directory. A pretrained base is "
+                                f"built by `python bench/base_model/pretrain.py` (see BENCHMARKS.md, Base model)")
+    return name_or_path
+
+
 @task(name="prepare-base-model", **IO_RETRIES)
 def prepare_base_model_task(cfg: PipelineConfig, corpus: StageOutput) -> str:
-    """Prefect wrapper: the tokenizer of the tiny model learns from the training split only."""
-    corpus_dir = corpus.data("train") if corpus.data("train").is_dir() else corpus.data()
+    """Prefect wrapper: the tokenizer of the tiny model learns from the training split only (of a preference
+    stage: the records behind its training pairs)."""
+    corpus_dir = next((corpus.data(sub) for sub in ("train_records", "train") if corpus.data(sub).is_dir()),
+                      corpus.data())
     return prepare_base_model(cfg.model, Path(cfg.workdir), corpus_dir)
 
 
@@ -165,6 +186,7 @@ def lora_config(adapter_cfg: AdapterConfig):
     return LoraConfig(r=adapter_cfg.r, lora_alpha=adapter_cfg.alpha, lora_dropout=adapter_cfg.dropout,
                       target_modules=adapter_cfg.target_modules, use_rslora=adapter_cfg.use_rslora,
                       use_dora=adapter_cfg.use_dora, modules_to_save=adapter_cfg.modules_to_save or None,
+                      init_lora_weights="gaussian" if adapter_cfg.init == "gaussian" else True,
                       task_type="CAUSAL_LM")
 
 
@@ -172,8 +194,28 @@ def add_adapter(model: PreTrainedModel, adapter_cfg: AdapterConfig):
     """Wrap the base in a trainable LoRA PeftModel; only the adapter (and modules_to_save) requires grad."""
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(adapter_cfg),
-                          autocast_adapter_dtype=adapter_cfg.adapter_dtype == "float32")
+    base_path = getattr(model, "name_or_path", "")
+    peft_model = get_peft_model(model, lora_config(adapter_cfg),
+                                autocast_adapter_dtype=adapter_cfg.adapter_dtype == "float32")
+    if adapter_cfg.init == "loftq":
+        loftq_init(peft_model, base_path)
+    return peft_model
+
+
+def loftq_init(peft_model, base_path: str) -> None:
+    """LoftQ on an NF4 model: each LoRA pair becomes the rank-r SVD of (original weight - dequantized weight).
+
+    peft's ``replace_lora_weights_loftq`` reads the original weights from the base's safetensors, so the base must
+    be a local directory (a saved model such as bench/base_model's). The base weights stay the plain NF4 rounding
+    of the original, so the saved adapter loads onto a freshly quantized base like any QLoRA adapter.
+    """
+    from peft import replace_lora_weights_loftq
+
+    if not (Path(base_path) / "model.safetensors").is_file() and \
+            not (Path(base_path) / "model.safetensors.index.json").is_file():
+        raise ValueError(f"adapter.init 'loftq' reads the unquantized weights from a local safetensors checkpoint; "
+                         f"{base_path!r} has none")
+    replace_lora_weights_loftq(peft_model, model_path=str(base_path))
 
 
 def enable_checkpointing(model, layers: list[int] | None = None) -> int:
@@ -196,8 +238,10 @@ def enable_checkpointing(model, layers: list[int] | None = None) -> int:
     return len(wanted)
 
 
-def compile_layers(model) -> int:
-    """Compile each decoder layer in place; identical layers share the compiled code, so it compiles once."""
+def compile_layers(model, backend: str = "inductor") -> int:
+    """Compile each decoder layer in place; identical layers share the compiled code, so it compiles once.
+    ``backend`` is torch.compile's: the CPU tests use "aot_eager" (the same graph capture and autograd, without
+    inductor's C++ build, which takes minutes on a 2-core machine)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -208,7 +252,7 @@ def compile_layers(model) -> int:
     name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"
     setattr(conf, name, max(getattr(conf, name), 64))
     for layer in layers:
-        layer.compile()
+        layer.compile(backend=backend)
     return len(layers)
 
 

@@ -26,7 +26,10 @@ def main(spec_path: str) -> None:
     try:
         rank0 = torch.distributed.get_rank() == 0
         log = mlflow_metrics_logger(spec["run_id"]) if rank0 else None
-        train_adapter(Path(spec["tokenized_dir"]), spec["base"], cfg, Path(spec["out"]), log)
+        train = train_adapter
+        if cfg.train.objective != "sft":  # DPO / KTO: the preference recipe (tasks.train.preference)
+            from tasks.train.preference import train_preference_adapter as train
+        train(Path(spec["tokenized_dir"]), spec["base"], cfg, Path(spec["out"]), log)
         torch.distributed.barrier()  # no rank leaves before rank 0 has written the outputs
     finally:
         torch.distributed.destroy_process_group()

@@ -1,8 +1,9 @@
 """The training recipe: LoRA/QLoRA on the tokenized split, top to bottom (setup, train, save), torchtune style.
 
 Setup loads the base (lean QLoRA path: no fp32 upcast), adds the adapter and optional per-layer activation
-checkpointing. Each optimizer step accumulates micro-batches (a count or a token budget), averages the loss
-over the step's loss tokens, clips, steps AdamW and a warm-up + cosine schedule. Eval loss every N steps and at
+checkpointing; with bf16 adapter weights the optimizer steps fp32 master copies (``tasks.train.master``).
+Each optimizer step accumulates micro-batches (a count or a token budget), averages the loss over the step's
+loss tokens, clips, steps AdamW and a warm-up + cosine schedule. Eval loss every N steps and at
 the end, with optional early stopping. Checkpoints every N steps hold what a killed run needs to continue the
 same loss curve. With several processes (torchrun) gradients are summed across ranks before the step.
 """
@@ -23,11 +24,13 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.train import TrainConfig
+from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, code_version, digest
 from tasks.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from tasks.train.data import DataCursor, load_rows, micro_batches_for_step
 from tasks.train.dist import all_reduce_floats, dist_rank, dist_world
 from tasks.train.loss import causal_lm_loss_sum, mean_eval_loss, use_fused_loss
+from tasks.train.master import MasterWeights
 from tasks.train.model import (
     add_adapter,
     compile_layers,
@@ -38,6 +41,7 @@ from tasks.train.model import (
     resolve_device,
     set_cpu_threads,
 )
+from tasks.train.step_log import BackgroundLog
 
 MetricsFn = Callable[[dict[str, float], int], None]
 # Dense bf16 datasheet peaks, for MFU. Anything else reports no MFU rather than a made-up one.
@@ -125,7 +129,9 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
         compile_layers(model)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 LoRA matmuls
-    params = [p for p in model.parameters() if p.requires_grad]
+    # The optimizer, clipping and the all-reduce see fp32 weights; the forward and backward see the model's.
+    master = MasterWeights([(n, p) for n, p in model.named_parameters() if p.requires_grad], tc.master_weights)
+    params = master.parameters()
     optimizer = make_optimizer(params, tc, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
     cursor = DataCursor(seed=tc.seed)
@@ -135,7 +141,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
     peak = peak_flops(device)
     progress: dict[str, Any] = {"step": 0, "tokens": 0, "best_eval_loss": float("inf"), "bad_evals": 0,
                                 "train_loss": float("nan"), "eval_loss": float("nan"), "stopped_early": False}
-    resumed = load_latest_checkpoint(out / "checkpoints", model, optimizer, scheduler)
+    resumed = load_latest_checkpoint(out / "checkpoints", master, optimizer, scheduler)
     if resumed is not None:
         progress.update(resumed)
         cursor.load_state_dict(progress.pop("cursor"))
@@ -145,6 +151,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     speeds: list[float] = []  # this process's steps, for the median speed in the result
+    loop_start, tokens_before = time.perf_counter(), progress["tokens"]  # the loop's own throughput, logging in
     while progress["step"] < tc.max_steps and not progress["stopped_early"]:
         t0 = time.perf_counter()
         micro = micro_batches_for_step(train_rows, cursor, tc.micro_batch_size, tc.grad_accum, tc.tokens_per_step,
@@ -157,6 +164,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
             b = batch.to(device)
             part = causal_lm_loss_sum(model, b.input_ids, b.position_ids, b.targets, fused, tc.loss_chunk_tokens)
             (part / max(n_loss, 1.0)).backward()
+            master.accumulate_grads()
             loss_sum += part.detach()
         if world > 1:
             _sum_gradients(params)
@@ -164,6 +172,7 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
+        master.write_back()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         train_loss = float(loss_sum) / max(n_loss, 1.0)  # .item() waits for the GPU, so the timing is honest
@@ -184,8 +193,9 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
         if step % tc.eval_every == 0 or step == tc.max_steps:
             _evaluate_and_maybe_stop(model, eval_rows, tc, pad_id, device, fused, progress, log, rank)
         if step % tc.save_every == 0 and step < tc.max_steps and not progress["stopped_early"] and rank == 0:
-            save_checkpoint(out / "checkpoints", step, model, optimizer, scheduler,
+            save_checkpoint(out / "checkpoints", step, master, optimizer, scheduler,
                             {**progress, "cursor": cursor.state_dict()}, keep=tc.keep_checkpoints)
+            pause_point("train.checkpoint", step=step)  # test only: a checkpoint is written, training goes on
     if progress["stopped_early"] and math.isnan(progress["eval_loss"]):
         _evaluate_and_maybe_stop(model, eval_rows, tc, pad_id, device, fused, progress, log, rank)
 
@@ -193,6 +203,9 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
     result = {"train_loss": progress["train_loss"], "eval_loss": progress["eval_loss"], "steps": progress["step"],
               "tokens": progress["tokens"], "stopped_early": progress["stopped_early"],
               "adapter_dir": str(out / "adapter"), "base": base, "world_size": world}
+    loop_s = time.perf_counter() - loop_start
+    if progress["tokens"] > tokens_before:  # everything the loop did: steps, logging, evals, checkpoints
+        result["loop_tokens_per_s"] = (progress["tokens"] - tokens_before) / loop_s
     if speeds:  # median after 3 warm-up steps (compilation, allocator growth) when there are enough
         steady = sorted(speeds[3:] or speeds)
         result["tokens_per_s"] = steady[len(steady) // 2]
@@ -285,4 +298,13 @@ def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: s
     if nproc > 1 and not (out / "_SUCCESS").is_file():
         return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
     log = with_progress_artifact(mlflow_metrics_logger(run_id), cfg.train.max_steps)
-    return train_adapter(tokenized.path, base, cfg, out, log)
+    if log is None:
+        return train_adapter(tokenized.path, base, cfg, out)
+    background = BackgroundLog(log)  # the loop never waits for MLflow or the Prefect API
+    try:
+        result = train_adapter(tokenized.path, base, cfg, out, background)
+    except BaseException:
+        background.close(reraise=False)  # the training error is the one to report
+        raise
+    background.close()
+    return result

@@ -1,7 +1,8 @@
 """Synthetic tokenized splits, in the layout ``tasks.tokenize.stage`` writes, for tests and speed benchmarks.
 
 Tests need a learnable signal in a few steps (``pattern`` rows: arithmetic runs of token ids); benchmarks need
-exact shapes (fixed-length random rows, or rows packed from a given list of sequence lengths).
+exact shapes (fixed-length random rows, or rows packed from a given list of sequence lengths) and, to compare
+how far recipes get, a signal with a known loss floor (``markov`` rows: walks on a fixed sparse Markov chain).
 """
 from __future__ import annotations
 
@@ -89,4 +90,41 @@ def pattern_rows(n_rows: int, vocab_size: int, seq_len: int = 32, seqs_per_row: 
             labels += [-100] + seq[1:]
             pos += list(range(seq_len))
         rows.append({"input_ids": ids, "labels": labels, "position_ids": pos})
+    return rows
+
+
+def markov_chain(vocab_size: int, branching: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random sparse Markov chain over ``vocab_size`` ids: each id has ``branching`` successors with fixed
+    random probabilities. Returns (successors [V, k], probabilities [V, k])."""
+    rng = np.random.default_rng(seed)
+    succ = np.stack([rng.choice(vocab_size, branching, replace=False) for _ in range(vocab_size)])
+    probs = rng.dirichlet(np.ones(branching), size=vocab_size)
+    return succ, probs
+
+
+def markov_entropy(probs: np.ndarray) -> float:
+    """Next-token entropy (nats) averaged over the states: about the loss floor a model can reach (exactly,
+    if the walks visit every state equally often)."""
+    return float(-(probs * np.log(probs)).sum(axis=1).mean())
+
+
+def markov_rows(n_rows: int, vocab_size: int, seq_len: int, branching: int = 4, seed: int = 0,
+                chain_seed: int = 0) -> list[dict]:
+    """Rows of walks on one fixed Markov chain (``chain_seed``): a learnable signal with a known loss floor
+    (about ``markov_entropy``), so training recipes can be compared on how far down they get."""
+    succ, probs = markov_chain(vocab_size, branching, chain_seed)
+    cum = probs.cumsum(axis=1)
+    rng = np.random.default_rng([seed, 1])
+    ids = np.empty((n_rows, seq_len), dtype=np.int64)
+    ids[:, 0] = rng.integers(vocab_size, size=n_rows)
+    u = rng.random((n_rows, seq_len))
+    for t in range(1, seq_len):  # all rows at once, one step of the walk at a time
+        prev = ids[:, t - 1]
+        pick = np.minimum((u[:, t, None] > cum[prev]).sum(axis=1), branching - 1)
+        ids[:, t] = succ[prev, pick]
+    rows = []
+    for walk in ids:
+        labels = walk.copy()
+        labels[0] = IGNORE_INDEX
+        rows.append({"input_ids": walk, "labels": labels, "position_ids": np.arange(seq_len)})
     return rows

@@ -92,3 +92,16 @@ def test_dataset_digest_is_order_free_and_content_sensitive():
     assert a == dataset_digest({"eval": "e1", "train": "t1"})
     assert a != dataset_digest({"train": "t2", "eval": "e1"})
     assert variable_name("My Config.v2") == "peftpipe-dataset-my-config-v2"
+
+
+def test_the_deployments_take_the_training_objective():
+    """DPO / KTO through the same three parameters: a config file, an override, or the form's train.objective."""
+    flow = load_flow_from_entrypoint(str(ROOT / "flows/deployments.py:train_deployment"))
+    defs = parameter_schema(flow).model_dump()["definitions"]
+    objective = defs["TrainConfig"]["properties"]["objective"]
+    assert objective.get("enum") == ["sft", "dpo", "kto"] and objective["default"] == "sft"
+    assert {"min_margin", "min_agreement", "max_pairs_per_prompt", "group_key"} <= set(
+        defs["PreferenceConfig"]["properties"])
+    assert resolve_config(str(ROOT / "configs/dpo-sample.yaml")).train.objective == "dpo"
+    cfg = resolve_config(str(ROOT / "configs/sample.yaml"), ["train.objective=kto", "preference.min_agreement=0.8"])
+    assert (cfg.train.objective, cfg.preference.min_agreement) == ("kto", 0.8)

@@ -123,3 +123,37 @@ def test_cli_dry_run_lists_variants_and_bad_keys_exit_2(tmp_path, capsys):
     assert run_cli("--config", str(path), "--grid", "dedup.treshold=[0.5]", "--dry-run") == 2
     assert "dedup.treshold: unknown key" in capsys.readouterr().err
     assert run_cli("--config", str(path), "--set", "model.dtype=float64", "--dry-run") == 2
+
+
+@pytest.mark.parametrize("name", ["sweep-experiment.yaml", "sweep-peft.yaml"])
+def test_experiment_sweeps_run_every_variant_per_seed(name):
+    """Every setting three times, seed as the only difference; the same steps for every variant."""
+    sweep = load_sweep(ROOT / "configs" / name)
+    variants = expand_variants(sweep)
+    assert len(variants) % 3 == 0 and {v.config.train.seed for v in variants} == {0, 1, 2}
+    by_setting: dict[str, set[int]] = {}
+    for v in variants:
+        setting = v.name.rsplit(" seed=", 1)[0] if " seed=" in v.name else ""
+        by_setting.setdefault(setting, set()).add(v.config.train.seed)
+    assert all(seeds == {0, 1, 2} for seeds in by_setting.values())
+    assert len({(v.config.train.max_steps, v.config.train.early_stop_patience) for v in variants}) == 1
+
+
+def test_seeds_clash_with_a_variant_that_sets_the_seed(tmp_path):
+    path = write_sweep(tmp_path, variants=[{"train.seed": 5}])
+    data = yaml.safe_load(path.read_text())
+    data["seeds"] = [0, 1]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="already sets"):
+        expand_variants(load_sweep(path))
+
+
+def test_dpo_sweep_varies_the_preference_thresholds_one_curation_each():
+    sweep = load_sweep(ROOT / "configs/sweep-dpo-sample.yaml")
+    variants = expand_variants(sweep)
+    assert len(variants) == 6
+    settings = {(v.config.preference.min_margin, v.config.preference.min_agreement) for v in variants}
+    assert settings == {(m, a) for m in (0.25, 1.0, 2.0) for a in (0.3, 0.6)}
+    assert all(v.config.train.objective == "dpo" for v in variants)
+    # the preference section is part of the curation: six distinct curations, none shared
+    assert len({str(sorted(curation_settings(v.config).items())) for v in variants}) == 6

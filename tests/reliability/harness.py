@@ -66,12 +66,14 @@ class Run:
 
 
 def start_run(tmp: Path, workdir: Path, tracking_uri: str, overrides: list[str] = (), env: dict | None = None,
-              log_name: str = "run.log", command: str = "run") -> Run:
-    """Start ``peftpipe run`` on the bundled sample with the short config, in a new session (process group)."""
+              log_name: str = "run.log", command: str = "run", config: Path | None = None) -> Run:
+    """Start ``peftpipe COMMAND`` (run; or sweep, with a sweep ``config``) on the bundled sample with the short
+    config, in a new session (process group)."""
     cwd = tmp / "cwd"
     cwd.mkdir(parents=True, exist_ok=True)
     log = tmp / log_name
-    args = [sys.executable, "-m", "flows.cli", command, "--config", str(ROOT / "configs" / "sample.yaml"),
+    config = config or ROOT / "configs" / "sample.yaml"
+    args = [sys.executable, "-m", "flows.cli", command, "--config", str(config),
             "--set", f"workdir={workdir}", "--set", f"tracking.tracking_uri={tracking_uri}",
             "--set", f"ingest.sources.0.path={SAMPLE}"]
     for item in [*SHORT, *overrides]:
@@ -95,6 +97,22 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = RUN_TIMEOUT, ev
             return predicate() or None
         time.sleep(every)
     return None
+
+
+def wait_for_pause(run: Run, note: Path, timeout: float = RUN_TIMEOUT) -> dict:
+    """Wait until the run reaches the pause point named by its ``PEFTPIPE_TEST_PAUSE`` (tasks.core.pause writes
+    ``note`` there and blocks); return the note. Fails if the run ends or hangs before reaching it."""
+    try:
+        found = wait_for(note.is_file, run.proc, timeout, every=0.1)  # the run waits there: no hurry
+    except BaseException:  # the test's own timeout, Ctrl-C: leave no paused run behind
+        run.kill()
+        raise
+    if not found:
+        alive = run.proc.poll() is None
+        run.kill()
+        raise AssertionError(f"the run {'hung' if alive else 'ended'} before its pause point ({note.name}):\n"
+                             f"{run.tail()}")
+    return json.loads(note.read_text())
 
 
 def file_digests(directory: Path) -> dict[str, str]:

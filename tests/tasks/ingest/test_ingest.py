@@ -13,6 +13,7 @@ import pytest
 from schemas.ingest import IngestConfig, SourceConfig
 from tasks.core.stage import read_table
 from tasks.ingest.stage import IngestError, ingest, record_id, source_fingerprint
+from tests.tasks.ingest.util import records
 
 ANN = [{"annotator_id": "a1", "rating": 4, "labels": []}, {"annotator_id": "a2", "rating": 5, "labels": ["pii"]}]
 CHAT = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."}]
@@ -29,7 +30,7 @@ def run(tmp_path: Path, out: str = "out", shard_rows: int = 50_000, max_record_b
     cfg = IngestConfig(sources=[SourceConfig(**src)], shard_rows=shard_rows, max_record_bytes=max_record_bytes)
     ledger = ingest(cfg, tmp_path / out)
     ledger.check()
-    return ledger, read_table(tmp_path / out / "data").to_pylist(), read_table(tmp_path / out / "rejects").to_pylist()
+    return ledger, records(tmp_path / out / "data"), read_table(tmp_path / out / "rejects").to_pylist()
 
 
 def test_messages_preset_keeps_annotations_meta_and_extra_fields(tmp_path):
@@ -85,11 +86,11 @@ def test_field_map_and_flat_annotation_map(tmp_path):
                      field_map={"id": "uid", "prompt": "q.text", "completion": "a"},
                      annotation_map={"ratings": "scores", "annotator_ids": "workers", "label_lists": "tags"})
     r = rows[0]
-    assert r["id"] == record_id("t", "7")
+    assert r["id"] == record_id("t", 7) != record_id("t", "7")  # an integer id is not its digits as a string
     assert r["messages"] == [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}]
     assert r["annotations"] == [{"annotator_id": "w1", "rating": 2.0, "labels": ["spam"]},
                                 {"annotator_id": "w2", "rating": 4.5, "labels": []}]
-    assert json.loads(r["meta"]) == {"source_id": "7"}  # every consumed field left meta
+    assert json.loads(r["meta"]) == {"source_id": 7}  # every consumed field left meta
 
 
 def test_annotation_keys_renamed_inside_objects(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from schemas.ingest import IngestConfig, SourceConfig
 from tasks.core.stage import read_table
 from tasks.ingest.stage import IngestError, ingest, record_id, source_fingerprint
+from tests.tasks.ingest.util import records
 
 ROWS = [{"id": f"r{i}", "instruction": f"Double {i}.", "input": "", "output": str(2 * i), "score": 3 + i % 3}
         for i in range(12)]
@@ -19,7 +20,7 @@ ROWS[5]["output"] = None  # a bad row travels through the hub path too
 def run(tmp_path, out, **src):
     cfg = IngestConfig(sources=[SourceConfig(name="hub", **src)], shard_rows=5)
     ledger = ingest(cfg, tmp_path / out)
-    return ledger, read_table(tmp_path / out / "data").to_pylist(), read_table(tmp_path / out / "rejects").to_pylist()
+    return ledger, records(tmp_path / out / "data"), read_table(tmp_path / out / "rejects").to_pylist()
 
 
 def check(ledger, rows, rejects):
