@@ -105,8 +105,8 @@ def experiment(tmp_path_factory, prefect_harness):
         "adapter": {"r": 16, "alpha": 32},
         # constant LR after warm-up, long enough that the filtered adapter has learnt both families (1.0 on the
         # code family in a trial run): the gap below is then the junk's, not an undertrained model's
-        "train": {"max_steps": 250, "micro_batch_size": 4, "lr": 0.003, "min_lr_ratio": 1.0, "warmup_steps": 5,
-                  "eval_every": 250, "save_every": 250, "seed": 0, "device": "cpu"},
+        "train": {"max_steps": 200, "micro_batch_size": 4, "lr": 0.005, "min_lr_ratio": 1.0, "warmup_steps": 5,
+                  "eval_every": 200, "save_every": 200, "seed": 0, "device": "cpu"},
         "evaluate": {"max_new_tokens": 16, "batch_size": 32, "max_items": None, "rank_metric": "exact_match",
                      "eval_sets": [{"name": "clean", "path": str(tmp / "clean_eval.jsonl")}]},
         "tracking": {"tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}", "experiment": "curation-ci"},
