@@ -84,11 +84,19 @@ def override(key: str, value) -> str:
 
 PARAMS = [pytest.param(k, v, n, id=f"{k}={v}") for k, v, n in CASES]
 
+# Lists the sample config leaves empty get one valid item first, so the bad value lands on a real item.
+SEED_ITEMS = {"evaluate.eval_sets.0.": ("evaluate.eval_sets", [{"name": "probe", "path": "data/sample.jsonl"}])}
+
+
+def overrides_for(key: str, value) -> list[str]:
+    seeds = [override(*seed) for prefix, seed in SEED_ITEMS.items() if key.startswith(prefix)]
+    return seeds + [override(key, value)]
+
 
 @pytest.mark.parametrize("key,value,needles", PARAMS)
 def test_invalid_value_names_key_and_allowed_values(key, value, needles):
     with pytest.raises(ConfigError) as err:
-        load_config(SAMPLE, [override(key, value)])
+        load_config(SAMPLE, overrides_for(key, value))
     message = str(err.value)
     missing = [n for n in needles if n not in message]
     assert not missing, f"{key}={value!r}: message lacks {missing}:\n{message}"
