@@ -70,14 +70,20 @@ def quiet_tracebacks(debug: bool = False) -> None:
     _quiet_installed = True
 
 
+# Where the last curation stage counts its training and held-out items: the split counts records, the
+# preference stage pairs (DPO) or labelled examples (KTO).
+TRAIN_EVAL_KEYS = (("train", "eval"), ("train_pairs", "eval_pairs"), ("train_examples", "eval_examples"))
+
+
 def require_train_records(stages: list) -> None:
-    """NothingToTrainError unless the split (the last stage) holds training records; the message carries
-    every stage's counts per reason, so it says where the records went."""
-    split = stages[-1].ledger
-    if not split.extra.get("train", 0):
+    """NothingToTrainError unless the last curation stage (split, or preference) holds training items; the
+    message carries every stage's counts per reason, so it says where the records went."""
+    extra = stages[-1].ledger.extra
+    train_key, eval_key = next(((t, e) for t, e in TRAIN_EVAL_KEYS if t in extra), TRAIN_EVAL_KEYS[0])
+    if not extra.get(train_key, 0):
         funnel = funnel_text({s.name: s.ledger.to_dict() for s in stages})
-        raise NothingToTrainError(f"nothing left to train on: no record reached the train split "
-                                  f"(train={split.extra.get('train', 0)}, eval={split.extra.get('eval', 0)}). "
+        raise NothingToTrainError(f"nothing left to train on: nothing reached training in {stages[-1].name} "
+                                  f"({train_key}={extra.get(train_key, 0)}, {eval_key}={extra.get(eval_key, 0)}). "
                                   f"Where they went: {funnel}")
 
 

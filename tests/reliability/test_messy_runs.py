@@ -81,7 +81,7 @@ def test_nothing_left_to_train_on_is_exit_7_with_the_counts(tmp_path, prefect_ap
                          log_name="filtered.log", command="curate")
     assert filtered.wait() == 7, filtered.tail()
     out = filtered.output()
-    assert "peftpipe: nothing left to train on: no record reached the train split" in out
+    assert "peftpipe: nothing left to train on: nothing reached training in split" in out
     assert "low_rating=" in out and "Traceback" not in out
 
 
