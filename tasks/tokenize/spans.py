@@ -19,6 +19,7 @@ reasoning of earlier turns), twice means repeated, out of message order means mo
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -162,6 +163,8 @@ def _probe(tok) -> TemplateInfo:
         ends.append(token if token != opener else None)
     eot = tuple(dict.fromkeys(t for t in ends if t))
     name = getattr(tok, "name_or_path", "") or "tokenizer"
+    if os.path.isabs(name):  # a local model: its folder's name, so the ledger does not depend on the workdir
+        name = os.path.basename(os.path.normpath(name))
     digest = hashlib.sha256(tok.get_chat_template().encode()).hexdigest()[:12]
     return TemplateInfo(name=name, digest=digest, reasoning_field=sr1 in text or sr2 in text, end_of_turn=eot,
                         final_end_of_turn=ends[1] is not None)
