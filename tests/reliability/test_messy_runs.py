@@ -6,12 +6,12 @@ import http.server
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.reliability.harness import cli_env, start_run
+from tests.reliability.harness import cli_env, start_run, wait_for
 
 
 @pytest.fixture
@@ -104,16 +104,15 @@ def test_temporary_prefect_server_dies_with_its_killed_parent(tmp_path):
     workdir = tmp_path / "work"
     run = start_run(tmp_path, workdir, f"sqlite:///{tmp_path / 'mlruns.db'}", command="curate")  # no PREFECT_API_URL
     try:
-        deadline = time.monotonic() + 300
-        server = None
-        while server is None and time.monotonic() < deadline and run.proc.poll() is None:
-            server = next((c for c in _children(run.proc.pid) if "uvicorn" in _cmdline(c)), None)
-            time.sleep(0.05)
+        server = wait_for(lambda: next((c for c in _children(run.proc.pid) if "uvicorn" in _cmdline(c)), None),
+                          run.proc, timeout=300)
         assert server is not None, run.tail()
         os.kill(run.proc.pid, signal.SIGKILL)  # the CLI alone, as `kill -9 PID` does
         run.proc.wait()
-        while time.monotonic() < deadline and "uvicorn" in _cmdline(server):
-            time.sleep(0.05)
+        try:
+            psutil.Process(server).wait(timeout=300)  # returns when the server process is gone
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired):  # gone already; or still there, asserted below
+            pass
         assert "uvicorn" not in _cmdline(server), "the temporary Prefect server outlived its parent"
     finally:
         try:

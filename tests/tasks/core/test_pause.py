@@ -5,10 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tasks.core.pause import PAUSE_ENV, PAUSE_FILE_ENV, pause_point
+from tests.reliability.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -31,9 +31,7 @@ def test_the_named_point_blocks_on_its_nth_visit_after_writing_its_note(tmp_path
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        while not note.exists():  # an event: the note appears when the point is reached
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.05)
+        assert wait_for(note.exists, proc, timeout=120), proc.stdout.read()  # the note appears at the point
         got = json.loads(note.read_text())
         assert got == {"point": "train.checkpoint", "hit": 2, "pid": proc.pid, "step": "1"}
         assert proc.poll() is None  # still waiting there
