@@ -56,7 +56,8 @@ class TrainConfig(StrictModel):
     # the adapter key takes the resolved number of ranks instead (see tasks.train.recipe.adapter_key).
     SPEED_ONLY: ClassVar[tuple[str, ...]] = (
         "save_every", "keep_checkpoints", "gradient_checkpointing", "checkpoint_layers", "batch_layout",
-        "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes")
+        "pad_to_multiple_of", "loss", "loss_chunk_tokens", "compile", "cpu_threads", "num_processes",
+        "parallel", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint", "rdzv_id")
 
     objective: Literal["sft", "dpo", "kto"] = Field(
         "sft", description="What the adapter learns: 'sft' the responses themselves; 'dpo' to prefer the chosen "
@@ -117,6 +118,23 @@ class TrainConfig(StrictModel):
     num_processes: int | None = Field(
         None, ge=1, description="Data-parallel ranks (torchrun, one per GPU); None: every visible GPU, "
                                 "or 1 on CPU. Each optimizer step takes micro-batches from every rank.")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With several ranks: 'ddp' keeps a full copy of the model on every rank and sums the "
+                           "adapter gradients; 'fsdp' shards every weight (the frozen base too, QLoRA's 4-bit "
+                           "weights included) over the ranks with FSDP2, per decoder layer, for a model larger "
+                           "than one GPU. Both take the same steps; checkpoints are sharded under fsdp.")
+    nnodes: int = Field(1, ge=1, description="Machines that train together (torchrun --nnodes); each runs "
+                                             "num_processes ranks. Above 1 the rendezvous settings below apply.")
+    node_rank: int = Field(0, ge=0, description="This machine's index among nnodes (torchrun --node-rank); "
+                                                "node 0 logs and writes the outputs.")
+    master_addr: str | None = Field(None, description="Static rendezvous: host of node 0 (torchrun "
+                                                      "--master-addr); used when rdzv_endpoint is unset.")
+    master_port: int = Field(29500, ge=1, le=65535, description="Static rendezvous: port on master_addr.")
+    rdzv_endpoint: str | None = Field(
+        None, description="Elastic rendezvous: host:port of the c10d store that every node joins (torchrun "
+                          "--rdzv-backend c10d --rdzv-endpoint); it takes precedence over master_addr.")
+    rdzv_id: str | None = Field(None, description="Job id shared by the nodes of one training (torchrun "
+                                                  "--rdzv-id); None: derived from the adapter's output path.")
     seed: int = Field(0, description="Seed of weights init, data order and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
 
@@ -124,6 +142,11 @@ class TrainConfig(StrictModel):
     def _warmup_fits(self) -> TrainConfig:
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"train.warmup_steps ({self.warmup_steps}) exceeds train.max_steps ({self.max_steps})")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"train.node_rank ({self.node_rank}) must be below train.nnodes ({self.nnodes})")
+        if self.nnodes > 1 and not (self.rdzv_endpoint or self.master_addr):
+            raise ValueError("train.nnodes > 1 needs a rendezvous: set train.rdzv_endpoint (host:port) or "
+                             "train.master_addr")
         if self.objective == "kto" and self.preference.precompute_ref:
             # KTO's reference term includes the KL sequences, which depend on the batch: nothing to precompute.
             raise ValueError("train.preference.precompute_ref applies to train.objective dpo only")

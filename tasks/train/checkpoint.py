@@ -5,6 +5,13 @@ a run killed while saving resumes from the previous complete one. Only the train
 saved, at full precision (the fp32 masters when there are any, so a resumed run continues the same
 curve): the frozen base is reloaded from its source. ``state.pt`` holds tensors and plain Python values
 only, and loads with ``torch.load(weights_only=True)``: a tampered file cannot run code when a run resumes.
+
+Under FSDP (``train.parallel: fsdp``) the trainable weights and the optimizer state are sharded: every rank
+writes its shards with torch.distributed.checkpoint (DCP) into ``dcp/`` (``get_state_dict`` /
+``set_state_dict``, frozen base excluded), its RNG states into ``rng-<rank>.pt``, and rank 0 the scheduler and
+progress into ``state.pt``. DCP pickles its metadata and non-tensor values; they are read back here through the
+weights-only unpickler too (``SafeReader``, ``SafeLoadPlanner``), so the same promise holds. DCP reshards on
+load, so a sharded checkpoint resumes on another number of ranks.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.train.dist import dist_rank
 from tasks.train.master import MasterWeights
 
 STATE_FILE = "state.pt"
@@ -48,8 +56,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, weights: MasterWeights, optimizer, scheduler,
-                    progress: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and prune all but the latest ``keep``."""
+                    progress: dict[str, Any], keep: int = 2, sharded=None) -> Path:
+    """Write checkpoint ``step`` atomically and prune all but the latest ``keep``. With ``sharded`` (the FSDP
+    root) every rank calls this and writes its own shards."""
+    if sharded is not None:
+        return _save_sharded(Path(ckpt_root), step, sharded, optimizer, scheduler, progress, keep)
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:08d}"
@@ -76,12 +87,19 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
 
 
 def load_latest_checkpoint(ckpt_root: Path, weights: MasterWeights, optimizer,
-                           scheduler) -> dict[str, Any] | None:
+                           scheduler, sharded=None) -> dict[str, Any] | None:
     """Restore the latest checkpoint into the weights (fp32 masters and the model's copies), the optimizer, the
-    scheduler and the RNGs; returns its progress dict."""
+    scheduler and the RNGs; returns its progress dict. With ``sharded`` (the FSDP root) every rank calls this
+    and reads its shards."""
     found = list_checkpoints(ckpt_root)
     if not found:
         return None
+    if (found[-1] / DCP_DIR).is_dir() != (sharded is not None):
+        kind = "sharded (train.parallel: fsdp)" if (found[-1] / DCP_DIR).is_dir() else "unsharded (ddp or one process)"
+        raise RuntimeError(f"checkpoint {found[-1]} is {kind}: resume it with the parallel setting that wrote it, "
+                           "or remove the checkpoints directory to train from the start")
+    if sharded is not None:
+        return _load_sharded(found[-1], sharded, optimizer, scheduler)
     path = found[-1] / STATE_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -97,3 +115,114 @@ def load_latest_checkpoint(ckpt_root: Path, weights: MasterWeights, optimizer,
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["progress"]
+
+
+# --- sharded checkpoints (FSDP)
+
+DCP_DIR = "dcp"
+
+
+def _dcp_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True)  # the frozen base is reloaded from its source
+
+
+def _barrier() -> None:
+    torch.distributed.barrier()
+
+
+def _save_sharded(ckpt_root: Path, step: int, root, optimizer, scheduler, progress: dict[str, Any],
+                  keep: int) -> Path:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    rank = dist_rank()
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = ckpt_root / f".step-{step:08d}.tmp-sharded"  # one name for every rank (and node)
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    model_sd, optim_sd = get_state_dict(root, optimizer, options=_dcp_options())
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / DCP_DIR)
+    torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+    _barrier()
+    if rank == 0:
+        torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state(), "progress": progress}, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps({"step": step, "sharded": True, **{
+            k: v for k, v in progress.items() if isinstance(v, (int, float, str))}}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(ckpt_root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def _load_sharded(ckpt: Path, root, optimizer, scheduler) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    try:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+        model_sd, optim_sd = get_state_dict(root, optimizer, options=_dcp_options())
+        loaded = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(loaded, storage_reader=SafeReader(ckpt / DCP_DIR), planner=SafeLoadPlanner())
+    except pickle.UnpicklingError as exc:
+        raise RuntimeError(f"refusing to resume from {ckpt}: it holds objects other than tensors and plain "
+                           f"values. Remove that checkpoint directory to train from the one before it.\n{exc}") from exc
+    set_state_dict(root, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"],
+                   options=_dcp_options())
+    scheduler.load_state_dict(state["scheduler"])
+    own = ckpt / f"rng-{dist_rank()}.pt"  # a resume on more ranks than wrote it: the new ones take rank 0's
+    set_rng_state(torch.load(own, weights_only=True) if own.is_file() else state["rng"])
+    return state["progress"]
+
+
+def _safe_globals() -> list:
+    from torch.distributed.checkpoint import metadata as m
+
+    classes = [m.Metadata, m.TensorStorageMetadata, m.BytesStorageMetadata, m.ChunkStorageMetadata,
+               m.TensorProperties, m.MetadataIndex, m.StorageMeta, m._MEM_FORMAT_ENCODING, torch.Size]
+    return classes
+
+
+def _make_safe_reader():
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(FileSystemReader):
+        """DCP's reader, with the metadata file read by the weights-only unpickler (DCP uses plain pickle)."""
+
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as f, torch.serialization.safe_globals(_safe_globals()):
+                from torch import _weights_only_unpickler
+                metadata = _weights_only_unpickler.Unpickler(f, encoding="utf-8").load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class Planner(DefaultLoadPlanner):
+        """DCP's planner, with non-tensor values (the optimizer's param groups) read weights-only."""
+
+        def load_bytes(self, read_item, value) -> None:
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                from torch.distributed.checkpoint._traverse import set_element as set_in
+                set_in(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return Reader, Planner
+
+
+def SafeReader(path: Path):  # noqa: N802 (a class built lazily: DCP loads only when a run is sharded)
+    return _make_safe_reader()[0](str(path))
+
+
+def SafeLoadPlanner():  # noqa: N802
+    return _make_safe_reader()[1]()

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from schemas.tokenize import IGNORE_INDEX
 from schemas.train import TrainConfig
 from tasks.train.data import Row, eval_batches
-from tasks.train.dist import all_reduce_floats, dist_rank, dist_world
+from tasks.train.dist import all_reduce_floats, all_reduce_max, dist_rank, dist_world
+from tasks.train.fsdp import ShardRoot, run_on
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -115,12 +116,21 @@ def mean_eval_loss(model, rows: list[Row], tc: TrainConfig, pad_id: int, device:
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
-    rows = rows[dist_rank()::dist_world()]  # each rank scores its share; the sums are added up below
-    for batch in eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, tc.eval_max_batches,
-                              tc.pad_to_multiple_of):
+    mine = rows[dist_rank()::dist_world()]  # each rank scores its share; the sums are added up below
+    batches = list(eval_batches(mine, tc.micro_batch_size, tc.batch_layout, pad_id, tc.eval_max_batches,
+                                tc.pad_to_multiple_of))
+    for batch in batches:
         b = batch.to(device)
-        total += float(causal_lm_loss_sum(model, b.input_ids, b.position_ids, b.targets, fused, tc.loss_chunk_tokens))
+        total += float(run_on(model, causal_lm_loss_sum, b.input_ids, b.position_ids, b.targets, fused,
+                              tc.loss_chunk_tokens))
         n += b.n_loss_tokens
+    if isinstance(model, ShardRoot) and dist_world() > 1:
+        # Sharded, every forward is a collective: a rank with fewer batches runs uncounted ones until all match.
+        most = int(all_reduce_max(len(batches), device))
+        spare = next(eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, 1, tc.pad_to_multiple_of))
+        for _ in range(most - len(batches)):
+            b = spare.to(device)
+            run_on(model, causal_lm_loss_sum, b.input_ids, b.position_ids, b.targets, fused, tc.loss_chunk_tokens)
     if dist_world() > 1:
         total, n = all_reduce_floats([total, float(n)], device)
     model.train(was_training)

@@ -135,18 +135,25 @@ def prepare_base_model_task(cfg: PipelineConfig, corpus: StageOutput) -> str:
     return prepare_base_model(cfg.model, Path(cfg.workdir), corpus_dir)
 
 
-def quantization_config(adapter_cfg: AdapterConfig, compute_dtype: torch.dtype):
-    """QLoRA's NF4 weights, optionally double-quantized, computing in ``compute_dtype``."""
+def quantization_config(adapter_cfg: AdapterConfig, compute_dtype: torch.dtype, sharded: bool = False):
+    """QLoRA's NF4 weights, optionally double-quantized, computing in ``compute_dtype``. ``sharded`` (FSDP):
+    the packed 4-bit bytes are stored as ``compute_dtype`` tensors instead of uint8, since FSDP shards only
+    floating-point tensors (bitsandbytes' FSDP-QLoRA recipe)."""
     from transformers import BitsAndBytesConfig
 
+    extra = {"bnb_4bit_quant_storage": compute_dtype} if sharded else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                               bnb_4bit_use_double_quant=adapter_cfg.double_quant,
-                              bnb_4bit_compute_dtype=compute_dtype)
+                              bnb_4bit_compute_dtype=compute_dtype, **extra)
 
 
 def load_base_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, device: torch.device | str,
-                    base: str | None = None) -> PreTrainedModel:
+                    base: str | None = None, sharded: bool = False) -> PreTrainedModel:
     """Load the base causal LM onto ``device``: bf16 on CUDA, fp32 on CPU, NF4 weights for QLoRA.
+
+    ``sharded`` (``train.parallel: fsdp``): a LoRA base is loaded into host memory, and FSDP moves each decoder
+    layer's shard to the GPU as it shards it, so no GPU ever holds the whole model. A QLoRA base is quantized
+    on the GPU (bitsandbytes quantizes as weights move there), in 4 bits stored as the compute dtype.
 
     No ``prepare_model_for_kbit_training``: its blanket fp32 upcast made QLoRA 2.5x slower and twice as big on
     an H200 (ANCHORS.md); the lean path keeps every weight in the compute dtype.
@@ -155,8 +162,9 @@ def load_base_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, device: 
 
     device = torch.device(device)
     dtype = resolve_dtype(model_cfg, device)
+    place = torch.device("cpu") if sharded and adapter_cfg.method == "lora" else device
     kwargs: dict = dict(revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code, dtype=dtype,
-                        device_map={"": device})
+                        device_map={"": place})
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     elif device.type == "cuda":
@@ -166,7 +174,7 @@ def load_base_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, device: 
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise ImportError("QLoRA needs bitsandbytes: pip install bitsandbytes") from exc
-        kwargs["quantization_config"] = quantization_config(adapter_cfg, dtype)
+        kwargs["quantization_config"] = quantization_config(adapter_cfg, dtype, sharded)
     model = AutoModelForCausalLM.from_pretrained(base or model_cfg.name_or_path, **kwargs)
     model.config.use_cache = False  # a KV cache is useless in training and clashes with checkpointing
     return model

@@ -1,5 +1,5 @@
-"""The training recipe for ``train.objective: dpo | kto``: the SFT recipe's setup, optimizer, schedule,
-checkpoints, resume and outputs (tasks.train.recipe), with a preference loss in place of the token loss.
+"""The training recipe for ``train.objective: dpo | kto``: the shared loop's setup, optimizer, schedule,
+checkpoints, resume, FSDP and outputs (tasks.train.loop), with a preference loss in place of the token loss.
 
 The reference model is the base itself: the policy's forward under peft's ``disable_adapter()``, without
 gradients, so no second copy of the weights is held. Reference log-probs never change, so the held-out pairs'
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,12 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from tasks.core.stage import StageOutput
-from tasks.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from tasks.train.data import DataCursor
-from tasks.train.dist import all_reduce_floats, dist_rank, dist_world
+from tasks.train.dist import all_reduce_floats, all_reduce_max, dist_rank, dist_world
+from tasks.train.fsdp import ShardRoot, peft_model_of, run_on
+from tasks.train.loop import Trainer, finish, run_loop, setup_trainer
 from tasks.train.loss import use_fused_loss
-from tasks.train.model import (
-    add_adapter,
-    compile_layers,
-    enable_checkpointing,
-    load_base_model,
-    load_base_tokenizer,
-    resolve_device,
-    set_cpu_threads,
-)
+from tasks.train.model import load_base_tokenizer, resolve_device
 from tasks.train.preference_data import (
     PairRow,
     UnpairedRow,
@@ -43,16 +35,7 @@ from tasks.train.preference_data import (
     pair_batch,
 )
 from tasks.train.preference_loss import PreferenceLoss, dpo_loss, kto_kl, kto_loss, sequence_logps
-from tasks.train.recipe import (
-    MetricsFn,
-    _sum_gradients,
-    adapter_key,
-    lr_lambda,
-    make_optimizer,
-    mlflow_metrics_logger,
-    save_outputs,
-    with_progress_artifact,
-)
+from tasks.train.recipe import MetricsFn, adapter_key, mlflow_metrics_logger, with_progress_artifact
 
 REF_CACHE = "reference_logps.pt"
 
@@ -61,12 +44,13 @@ class Scorer:
     """Summed response log-probs of rows, with the adapter (policy) or without it (reference)."""
 
     def __init__(self, model, cfg: PipelineConfig, pad_id: int, device: torch.device):
+        # ``model`` is what to call (the FSDP root when sharded); the adapter switch is on the peft model
         self.model, self.tc, self.pad_id, self.device = model, cfg.train, pad_id, device
         self.fused = use_fused_loss(cfg.train, device)
 
     def _logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         b = batch.to(self.device)
-        return sequence_logps(self.model, b.input_ids, b.position_ids, b.targets, b.seq_index, b.n_seqs,
+        return run_on(self.model, sequence_logps, b.input_ids, b.position_ids, b.targets, b.seq_index, b.n_seqs,
                               self.fused, self.tc.loss_chunk_tokens)
 
     def pairs(self, rows: list[PairRow], reference: bool = False) -> tuple[torch.Tensor, ...]:
@@ -92,7 +76,7 @@ class Scorer:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
-        stack.enter_context(self.model.disable_adapter())
+        stack.enter_context(peft_model_of(self.model).disable_adapter())
         return stack
 
 
@@ -179,6 +163,11 @@ def evaluate_rows(scorer: Scorer, rows: list, cfg: PipelineConfig, ref: list[tup
         chunk = rows[start:start + mb]
         _, sums = objective_loss(scorer, chunk, cfg, ref[start:start + mb] if cfg.train.objective == "dpo" else None)
         _add(total, sums)
+    if isinstance(scorer.model, ShardRoot) and world > 1 and rows:
+        # Sharded, every forward is a collective: a rank with fewer batches runs uncounted ones until all match.
+        # (KTO's KL estimate is all-reduced inside objective_loss, so the spare batches take part in it too.)
+        for _ in range(int(all_reduce_max(len(starts), scorer.device)) - len(starts)):
+            objective_loss(scorer, rows[:mb], cfg, ref[:mb] if cfg.train.objective == "dpo" else None)
     if world > 1:
         keys = sorted(total)
         total = dict(zip(keys, all_reduce_floats([total[k] for k in keys], scorer.device)))
@@ -197,126 +186,66 @@ def train_preference_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig
         torch.set_num_threads(threads)
 
 
+class PreferenceObjective:
+    """DPO over pairs or KTO over labelled examples; a step's loss is averaged over all ranks' pairs (examples)."""
+    flops_per_token = None  # several forwards per pair, with and without the adapter: no honest MFU
+
+    def __init__(self, trainer: Trainer, cfg: PipelineConfig, train_rows: list, eval_rows: list, pad_id: int,
+                 out: Path):
+        tc = cfg.train
+        self.trainer, self.cfg, self.tc = trainer, cfg, tc
+        self.train_rows, self.eval_rows = train_rows, eval_rows
+        self.paired, self.kto = tc.objective == "dpo", tc.objective == "kto"
+        self.scorer = Scorer(trainer.model, cfg, pad_id, trainer.device)
+        self.last_eval: dict[str, float] = {}
+        trainer.model.eval()  # reference log-probs without dropout
+        self.eval_ref = reference_logps(self.scorer, eval_rows, self.paired, tc.micro_batch_size) if self.paired \
+            else []
+        self.train_ref = _cached_train_ref(self.scorer, train_rows, out, self.paired and tc.preference.precompute_ref,
+                                           tc.micro_batch_size)
+
+    def step_batches(self, cursor: DataCursor) -> tuple[list, float, float]:
+        t, tc = self.trainer, self.tc
+        micro = _step_rows(self.train_rows, cursor, tc.micro_batch_size, tc.grad_accum, tc.tokens_per_step, t.world)
+        n_units = float(sum(len(m) for m in micro))  # every rank's pairs (or examples) of this step
+        mine = [indices[t.rank::t.world] if t.world > 1 else indices for indices in micro]
+        n_tokens = float(sum(self.train_rows[i].n_tokens for indices in mine for i in indices))
+        return mine, n_units, n_tokens
+
+    def loss(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, Any]]:
+        rows = [self.train_rows[i] for i in indices]
+        ref = [self.train_ref[i] for i in indices] if self.train_ref is not None else None
+        out, part = objective_loss(self.scorer, rows, self.cfg, ref)
+        return out.losses.sum(), {**part, "n_micro": 1}
+
+    def metrics(self, sums: dict[str, float], denom: float) -> dict[str, float]:
+        m = step_metrics(sums, self.kto)
+        return {"train_loss": m.pop("loss"), **m}
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_rows:
+            return {}
+        self.last_eval = m = evaluate_rows(self.scorer, self.eval_rows, self.cfg, self.eval_ref)
+        return {"eval_loss": m.get("loss", float("nan")), **{f"eval_{k}": v for k, v in m.items() if k != "loss"}}
+
+    def result_extras(self) -> dict[str, Any]:
+        return {"objective": self.tc.objective,
+                **{f"eval_{k.replace('/', '_')}": v for k, v in self.last_eval.items() if k != "loss"}}
+
+
 def _train(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Path, log_metrics: MetricsFn | None) -> dict:
     if (out / "_SUCCESS").is_file():
         return json.loads((out / "metrics.json").read_text())
-    tc, pc = cfg.train, cfg.train.preference
-    paired, kto = tc.objective == "dpo", tc.objective == "kto"
-    log = log_metrics or (lambda metrics, step: None)
-    rank, world = dist_rank(), dist_world()
-    device = resolve_device(tc)
-
-    # --- setup (as the SFT recipe)
-    load = load_pair_rows if paired else load_unpaired_rows
+    load = load_pair_rows if cfg.train.objective == "dpo" else load_unpaired_rows
     train_rows, eval_rows = load(tokenized_dir / "train"), load(tokenized_dir / "eval")
     if not train_rows:
         raise ValueError(f"no training rows in {tokenized_dir / 'train'}")
     tokenizer = load_base_tokenizer(base, cfg.model, cfg.tokenize.chat_template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    torch.manual_seed(tc.seed)
-    model = add_adapter(load_base_model(cfg.model, cfg.adapter, device, base=base), cfg.adapter)
-    if tc.gradient_checkpointing:
-        enable_checkpointing(model, tc.checkpoint_layers)
-    if tc.compile:
-        compile_layers(model)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, tc, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
-    cursor = DataCursor(seed=tc.seed)
-    set_cpu_threads(model, device, tc.cpu_threads)
-    scorer = Scorer(model, cfg, pad_id, device)
-    model.eval()  # reference log-probs without dropout
-    eval_ref = reference_logps(scorer, eval_rows, paired, tc.micro_batch_size) if paired else []
-    train_ref = _cached_train_ref(scorer, train_rows, out, paired and pc.precompute_ref, tc.micro_batch_size)
-    progress: dict[str, Any] = {"step": 0, "tokens": 0, "best_eval_loss": float("inf"), "bad_evals": 0,
-                                "train_loss": float("nan"), "eval_loss": float("nan"), "stopped_early": False}
-    resumed = load_latest_checkpoint(out / "checkpoints", model, optimizer, scheduler)
-    if resumed is not None:
-        progress.update(resumed)
-        cursor.load_state_dict(progress.pop("cursor"))
-
-    # --- train
-    model.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    speeds: list[float] = []
-    last_eval: dict[str, float] = {}
-    while progress["step"] < tc.max_steps and not progress["stopped_early"]:
-        t0 = time.perf_counter()
-        micro = _step_rows(train_rows, cursor, tc.micro_batch_size, tc.grad_accum, tc.tokens_per_step, world)
-        n_units = float(sum(len(m) for m in micro))  # every rank's pairs (or examples) of this step
-        n_tokens = 0.0
-        sums: dict[str, float] = {}
-        for indices in micro:
-            mine = indices[rank::world] if world > 1 else indices
-            rows = [train_rows[i] for i in mine]
-            n_tokens += sum(r.n_tokens for r in rows)
-            ref = [train_ref[i] for i in mine] if train_ref is not None else None
-            loss, part = objective_loss(scorer, rows, cfg, ref)
-            (loss.losses.sum() / n_units).backward()
-            _add(sums, part)
-        if world > 1:
-            _sum_gradients(params)
-            keys = sorted(sums)
-            sums = dict(zip(keys, all_reduce_floats([sums[k] for k in keys], device)))
-            n_tokens = all_reduce_floats([n_tokens], device)[0]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - t0
-        m = step_metrics(sums, kto)
-        progress["step"] += 1
-        progress["tokens"] += int(n_tokens)
-        progress["train_loss"] = m["loss"]
-        step = progress["step"]
-        metrics = {"train_loss": m.pop("loss"), **m, "lr": lr, "grad_norm": float(grad_norm),
-                   "tokens_per_s": n_tokens / elapsed, "step_s": elapsed}
-        speeds.append(metrics["tokens_per_s"])
-        if device.type == "cuda":
-            metrics["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        if rank == 0:
-            log(metrics, step)
-        if eval_rows and (step % tc.eval_every == 0 or step == tc.max_steps):
-            last_eval = _evaluate(scorer, eval_rows, cfg, eval_ref, progress, log, rank)
-        if step % tc.save_every == 0 and step < tc.max_steps and not progress["stopped_early"] and rank == 0:
-            save_checkpoint(out / "checkpoints", step, model, optimizer, scheduler,
-                            {**progress, "cursor": cursor.state_dict()}, keep=tc.keep_checkpoints)
-    if eval_rows and not last_eval:  # resumed at the very end, or stopped early before an evaluation
-        last_eval = _evaluate(scorer, eval_rows, cfg, eval_ref, progress, log, rank)
-
-    # --- save
-    result = {"objective": tc.objective, "train_loss": progress["train_loss"], "eval_loss": progress["eval_loss"],
-              "steps": progress["step"], "tokens": progress["tokens"], "stopped_early": progress["stopped_early"],
-              "adapter_dir": str(out / "adapter"), "base": base, "world_size": world,
-              **{f"eval_{k.replace('/', '_')}": v for k, v in last_eval.items() if k != "loss"}}
-    if speeds:
-        steady = sorted(speeds[3:] or speeds)
-        result["tokens_per_s"] = steady[len(steady) // 2]
-    if device.type == "cuda":
-        result["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    if rank == 0:
-        save_outputs(model, tokenizer, cfg, base, out, result)
-    return result
-
-
-def _evaluate(scorer, eval_rows, cfg, eval_ref, progress, log, rank) -> dict[str, float]:
-    m = evaluate_rows(scorer, eval_rows, cfg, eval_ref)
-    loss = m.get("loss", float("nan"))
-    progress["eval_loss"] = loss
-    if rank == 0:
-        log({"eval_loss": loss, **{f"eval_{k}": v for k, v in m.items() if k != "loss"}}, progress["step"])
-    if loss < progress["best_eval_loss"]:
-        progress["best_eval_loss"], progress["bad_evals"] = loss, 0
-    else:
-        progress["bad_evals"] += 1
-        patience = cfg.train.early_stop_patience
-        if patience is not None and progress["bad_evals"] >= patience:
-            progress["stopped_early"] = True
-    return m
+    trainer = setup_trainer(cfg, base, resolve_device(cfg.train))
+    objective = PreferenceObjective(trainer, cfg, train_rows, eval_rows, pad_id, out)
+    loop = run_loop(trainer, objective, cfg, out, log_metrics or (lambda metrics, step: None), cfg.train.seed)
+    return finish(trainer, tokenizer, cfg, base, out, loop, objective.result_extras())
 
 
 def _step_rows(rows: list, cursor: DataCursor, micro: int, grad_accum: int, tokens_per_step: int | None,
@@ -356,12 +285,12 @@ def _cached_train_ref(scorer: Scorer, rows: list, out: Path, enabled: bool, batc
 def preference_train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: str | None) -> dict:
     """Prefect wrapper, as ``tasks.train.recipe.train_task``: trains into ``workdir/adapters/<key>`` (reused when
     complete, resumed when not), through torchrun when there are several GPUs."""
-    from tasks.train.launch import launch_distributed, num_processes
+    from tasks.train.launch import launch_distributed, num_processes, world_size
 
     nproc = num_processes(cfg)
-    out = Path(cfg.workdir) / "adapters" / adapter_key(tokenized, base, cfg, nproc)
+    out = Path(cfg.workdir) / "adapters" / adapter_key(tokenized, base, cfg, world_size(cfg, nproc))
     out.mkdir(parents=True, exist_ok=True)
-    if nproc > 1 and not (out / "_SUCCESS").is_file():
+    if world_size(cfg, nproc) > 1 and not (out / "_SUCCESS").is_file():
         return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
     log = with_progress_artifact(mlflow_metrics_logger(run_id), cfg.train.max_steps)
     return train_preference_adapter(tokenized.path, base, cfg, out, log)
