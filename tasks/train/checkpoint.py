@@ -181,12 +181,35 @@ def _load_sharded(ckpt: Path, root, optimizer, scheduler) -> dict[str, Any]:
     return state["progress"]
 
 
-def _safe_globals() -> list:
-    from torch.distributed.checkpoint import metadata as m
+class _MetadataUnpickler(pickle.Unpickler):
+    """Plain pickle restricted to DCP's metadata dataclasses and torch's dtype/size values (the Python docs'
+    "restricting globals"); anything else (a callable smuggled into a tampered file) is refused."""
 
-    classes = [m.Metadata, m.TensorStorageMetadata, m.BytesStorageMetadata, m.ChunkStorageMetadata,
-               m.TensorProperties, m.MetadataIndex, m.StorageMeta, m._MEM_FORMAT_ENCODING, torch.Size]
-    return classes
+    def find_class(self, module: str, name: str):
+        from torch.distributed.checkpoint import metadata
+
+        if module == metadata.__name__ and name in _METADATA_CLASSES:
+            return getattr(metadata, name)
+        if module == "torch":
+            value = getattr(torch, name, None)
+            if value is torch.Size or isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
+                return value
+        if (module, name) == ("torch.distributed.checkpoint.filesystem", "_StorageInfo"):  # a file slice
+            from torch.distributed.checkpoint.filesystem import _StorageInfo
+            return _StorageInfo
+        if (module, name) in (("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "Path")):
+            import pathlib
+            return getattr(pathlib, name)  # the checkpoint's own path, as DCP records it
+        if (module, name) == ("torch.serialization", "_get_layout"):  # a layout looked up by its name
+            return torch.serialization._get_layout
+        if (module, name) == ("collections", "OrderedDict"):
+            import collections
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"checkpoint metadata names {module}.{name}, which is not allowed")
+
+
+_METADATA_CLASSES = {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"}
 
 
 def _make_safe_reader():
@@ -194,13 +217,12 @@ def _make_safe_reader():
     from torch.distributed.checkpoint.metadata import StorageMeta
 
     class Reader(FileSystemReader):
-        """DCP's reader, with the metadata file read by the weights-only unpickler (DCP uses plain pickle)."""
+        """DCP's reader, with the metadata file read by a restricted unpickler (DCP uses plain pickle)."""
 
         def read_metadata(self, *args: Any, **kwargs: Any):
             path = self._get_metadata_path(kwargs.get("rank"))
-            with self.fs.create_stream(path, "rb") as f, torch.serialization.safe_globals(_safe_globals()):
-                from torch import _weights_only_unpickler
-                metadata = _weights_only_unpickler.Unpickler(f, encoding="utf-8").load()
+            with self.fs.create_stream(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
