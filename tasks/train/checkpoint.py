@@ -122,10 +122,12 @@ def load_latest_checkpoint(ckpt_root: Path, weights: MasterWeights, optimizer,
 DCP_DIR = "dcp"
 
 
-def _dcp_options():
+def _dcp_options(strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True)  # the frozen base is reloaded from its source
+    # The frozen base is not saved (it is reloaded from its source), so a load is not strict: _load_sharded
+    # checks that every trainable weight came back instead.
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
 
 
 def _barrier() -> None:
@@ -173,8 +175,11 @@ def _load_sharded(ckpt: Path, root, optimizer, scheduler) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         raise RuntimeError(f"refusing to resume from {ckpt}: it holds objects other than tensors and plain "
                            f"values. Remove that checkpoint directory to train from the one before it.\n{exc}") from exc
-    set_state_dict(root, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"],
-                   options=_dcp_options())
+    keys = set_state_dict(root, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"],
+                          options=_dcp_options(strict=False))
+    trainable = {n for n, p in root.named_parameters() if p.requires_grad}
+    if keys is not None and (lost := trainable & set(keys.missing_keys)):
+        raise RuntimeError(f"checkpoint {ckpt} lacks trainable weights: {sorted(lost)[:5]}")
     scheduler.load_state_dict(state["scheduler"])
     own = ckpt / f"rng-{dist_rank()}.pt"  # a resume on more ranks than wrote it: the new ones take rank 0's
     set_rng_state(torch.load(own, weights_only=True) if own.is_file() else state["rng"])
