@@ -59,7 +59,7 @@ ui-stop:  ## stop what `make ui`, `make ui-postgres` and `make worker` started (
 
 # Deployments (docs/deploy.md): servers, work pools + the `gpu` concurrency limit, a worker, prefect.yaml.
 PG_PORT ?= 5433
-GPUS    ?= 1
+GPUS    ?=
 POOL    ?= peftpipe-cpu
 API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 .PHONY: run test test-fast venv dev curate train ui ui-stop ui-postgres worker deploy lint data clean bench-ingest bench-dedup bench-filters bench-tokenize bench-orchestration bench-tables
@@ -69,8 +69,8 @@ ui-postgres: venv  ## the production profile, locally: both servers on a Postgre
 	$(BIN)/python scripts/servers.py start --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
 		--postgres postgresql://postgres@127.0.0.1:$(PG_PORT)
 
-worker: venv  ## work pools and the gpu concurrency limit, then a process worker on POOL (default peftpipe-cpu)
-	$(BIN)/python scripts/servers.py setup --api-url $(API_URL) --gpus $(GPUS)
+worker: venv  ## work pools and the gpu limit (GPUS: default this node's visible GPUs), then a worker on POOL
+	$(BIN)/python scripts/servers.py setup --api-url $(API_URL) $(if $(GPUS),--gpus $(GPUS))
 	$(BIN)/python scripts/servers.py worker --api-url $(API_URL) --pool $(POOL)
 
 deploy: venv  ## create the curate, train and pipeline deployments of prefect.yaml on the server

@@ -6,7 +6,8 @@ and runs the real ``curate`` / ``train`` flows as subflows. Two pieces of orches
 the plain flows, because they only mean something when a Prefect server is there:
 
 - ``gpu_slot``: a Prefect global concurrency limit named ``gpu`` (created by ``scripts/servers.py setup``
-  with one slot per GPU) held around training, so two deployments never train on one GPU at the same time.
+  with one slot per visible GPU of the node) held around training, one slot per GPU the training uses (its
+  ranks on this node), so two deployments never train on one GPU at the same time.
 - ``start_checks``: the CLI's preflight (servers, workdir) and log scrubbing, first thing in every entry
   flow, so a run against an unreachable MLflow fails before any stage or GPU time.
 - ``announce_dataset``: after curation, a ``peftpipe.dataset.curated`` event carrying the dataset digest,
@@ -60,10 +61,17 @@ def resolve_config(config: str = DEFAULT_CONFIG, overrides: list[str] | None = N
     return load_config(config, [*env, *(overrides or [])])
 
 
+def gpu_slots(cfg: PipelineConfig) -> int:
+    """Slots of the ``gpu`` limit a training takes: one per rank on this node (every visible GPU by default)."""
+    from tasks.train.launch import num_processes
+
+    return num_processes(cfg)
+
+
 @contextmanager
-def gpu_slot(timeout_seconds: float | None = None) -> Iterator[None]:
-    """Hold one slot of the ``gpu`` global concurrency limit (a no-op where the limit does not exist)."""
-    with concurrency(GPU_LIMIT, occupy=1, timeout_seconds=timeout_seconds, strict=False):
+def gpu_slot(timeout_seconds: float | None = None, occupy: int = 1) -> Iterator[None]:
+    """Hold ``occupy`` slots of the ``gpu`` global concurrency limit (a no-op where the limit does not exist)."""
+    with concurrency(GPU_LIMIT, occupy=occupy, timeout_seconds=timeout_seconds, strict=False):
         yield
 
 
@@ -123,7 +131,7 @@ def train_deployment(config: str = DEFAULT_CONFIG, overrides: list[str] | None =
     """Train an adapter on the curated data (curation is reused from its stage cache), one training per GPU."""
     cfg = resolve_config(config, overrides, cfg)
     start_checks(cfg)
-    with gpu_slot():
+    with gpu_slot(occupy=gpu_slots(cfg)):
         return summary(train_flow(cfg))
 
 
@@ -136,5 +144,5 @@ def pipeline_deployment(config: str = DEFAULT_CONFIG, overrides: list[str] | Non
     # The same composition as flows.pipeline.pipeline_flow, with the GPU slot around the training half.
     with mlflow_run(cfg, "pipeline"):
         curated = curate_flow(cfg)
-        with gpu_slot():
+        with gpu_slot(occupy=gpu_slots(cfg)):
             return summary(train_flow(cfg, curated))

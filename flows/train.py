@@ -56,6 +56,10 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
             tracking.log_tokenized_dataset(tokenized, cfg.name)
             trained = train_task(tokenized, base, cfg, run.info.run_id)
             adapter_dir = Path(trained["adapter_dir"])
+            if cfg.train.node_rank > 0:  # multi-node: node 0's run evaluates, logs and registers the adapter
+                log.info("node %d of %d: training done; node 0 evaluates and registers", cfg.train.node_rank,
+                         cfg.train.nnodes)
+                return TrainResult(adapter_dir, run.info.run_id, "", None, trained)
             evaluation = evaluate_task(tokenized, base, adapter_dir, cfg, split)
         else:
             base = prepare_base_model_task(cfg, curated.split)
@@ -63,6 +67,8 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
             tracking.log_ledger(tokenized)
             trained = preference_train_task(tokenized, base, cfg, run.info.run_id)
             adapter_dir = Path(trained["adapter_dir"])
+            if cfg.train.node_rank > 0:
+                return TrainResult(adapter_dir, run.info.run_id, "", None, trained)
             evaluation = preference_evaluate_task(tokenized, base, adapter_dir, cfg)
         mlflow.log_metrics({f"final.{k}": float(v) for k, v in {**trained, **evaluation}.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})

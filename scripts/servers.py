@@ -1,7 +1,7 @@
 """Start and stop the Prefect and MLflow servers, set up work pools, start workers.
 
     python scripts/servers.py start [--postgres URL] [--prefect-port 4200] [--mlflow-port 5000]
-    python scripts/servers.py setup [--gpus 1]        # work pools + the `gpu` global concurrency limit
+    python scripts/servers.py setup [--gpus N]        # work pools + the `gpu` limit (default: this node's GPUs)
     python scripts/servers.py worker --pool peftpipe-cpu
     python scripts/servers.py stop
 
@@ -139,13 +139,19 @@ def start_servers(prefect: Server, mlflow: Server, timeout: float = 180) -> tupl
         raise
 
 
+def worker_command(pool: str, limit: int | None = None) -> list[str]:
+    """``prefect worker start`` on ``pool``; ``limit``: flow runs this worker runs at once (its node's GPUs)."""
+    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+    return cmd + ["--limit", str(limit)] if limit is not None else cmd
+
+
 def start_worker(api_url: str, pool: str, log: Path, home: Path | None = None, poll_seconds: float = 10,
-                 env: Mapping[str, str] | None = None) -> subprocess.Popen:
+                 env: Mapping[str, str] | None = None, limit: int | None = None) -> subprocess.Popen:
     """A process worker on ``pool``; its flow runs inherit the worker's environment."""
     wenv = {"PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds), **(env or {})}
     if home is not None:
         wenv["PREFECT_HOME"] = str(home)
-    return spawn([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"], wenv, log)
+    return spawn(worker_command(pool, limit), wenv, log)
 
 
 def stop(proc: subprocess.Popen | int, timeout: float = 10) -> None:
@@ -184,6 +190,16 @@ def prefect_cli(api_url: str, *args: str, home: Path | None = None, check: bool 
     if check and res.returncode != 0:
         raise ServerError(f"prefect {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
+
+
+def node_gpus(requested: int | None = None) -> int:
+    """GPU slots of this node: ``requested``, else its visible GPUs (``CUDA_VISIBLE_DEVICES`` or what torch
+    sees), at least 1 so that a CPU-only node can still run one training at a time."""
+    if requested is not None:
+        return requested
+    from tasks.train.launch import visible_gpus
+
+    return max(1, visible_gpus())
 
 
 def setup_orchestration(api_url: str, gpus: int = 1) -> None:
@@ -269,14 +285,17 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    setup_orchestration(args.api_url, args.gpus)
-    print(f"work pools {CPU_POOL}, {GPU_POOL} (concurrency {args.gpus}); global concurrency limit "
-          f"{GPU_LIMIT!r} = {args.gpus}")
+    gpus = node_gpus(args.gpus)
+    setup_orchestration(args.api_url, gpus)
+    print(f"work pools {CPU_POOL}, {GPU_POOL} (concurrency {gpus}); global concurrency limit "
+          f"{GPU_LIMIT!r} = {gpus}" + ("" if args.gpus is not None else " (this node's visible GPUs)"))
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    proc = start_worker(args.api_url, args.pool, STATE / f"worker-{args.pool}.log")
+    # A GPU worker starts no more flow runs at once than its own node has GPUs (each node its own count).
+    limit = node_gpus(args.limit) if args.pool == GPU_POOL or args.limit is not None else None
+    proc = start_worker(args.api_url, args.pool, STATE / f"worker-{args.pool}.log", limit=limit)
     _save(f"worker-{args.pool}", proc, {"pool": args.pool})
     print(f"worker on {args.pool} (pid {proc.pid}), log {STATE / f'worker-{args.pool}.log'}")
     return 0
@@ -295,10 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stop", help="stop the servers and workers started here").set_defaults(func=cmd_stop)
     p = sub.add_parser("setup", help="create the work pools and the gpu concurrency limit")
     p.add_argument("--api-url", default=api_default)
-    p.add_argument("--gpus", type=int, default=1, help="GPUs per GPU node: trainings that may run at once")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="slots of the gpu limit (default: this node's visible GPUs, CUDA_VISIBLE_DEVICES)")
     p.set_defaults(func=cmd_setup)
     p = sub.add_parser("worker", help="start a process worker in the background")
     p.add_argument("--pool", default=CPU_POOL)
+    p.add_argument("--limit", type=int, default=None,
+                   help="flow runs at once (default on the GPU pool: this node's visible GPUs)")
     p.add_argument("--api-url", default=api_default)
     p.set_defaults(func=cmd_worker)
     args = parser.parse_args(argv)

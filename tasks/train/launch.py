@@ -25,13 +25,29 @@ from schemas.pipeline import PipelineConfig
 SPEC_FILE = "launch.json"
 
 
+def visible_gpus() -> int:
+    """The GPUs this process may use on this node: the entries of ``CUDA_VISIBLE_DEVICES`` up to the first
+    invalid one (as CUDA reads it; empty: none), else every GPU torch sees. What the ``gpu`` concurrency limit,
+    the GPU worker's limit and the number of ranks follow, instead of a constant."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        n = 0
+        for entry in env.split(","):
+            entry = entry.strip()
+            if not entry or entry.startswith("-"):  # CUDA ignores this entry and everything after it
+                break
+            n += 1
+        return n
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def num_processes(cfg: PipelineConfig) -> int:
-    """How many ranks to run: ``train.num_processes``, else every visible GPU (one process on CPU)."""
+    """How many ranks to run on this node: ``train.num_processes``, else every visible GPU (one process on CPU)."""
     if cfg.train.num_processes is not None:
         return cfg.train.num_processes
     if cfg.train.device == "cpu" or not torch.cuda.is_available():
         return 1
-    return torch.cuda.device_count()
+    return max(1, visible_gpus())
 
 
 def world_size(cfg: PipelineConfig, nproc: int) -> int:

@@ -58,3 +58,14 @@ def test_gpu_slot_admits_one_training_per_gpu(prefect_server):
 def test_gpu_slot_is_a_no_op_without_the_limit(prefect_server):
     with gpu_slot(timeout_seconds=5):  # the embedded default (`peftpipe run`) has no `gpu` limit
         pass
+
+
+def test_a_training_on_every_gpu_of_the_node_takes_every_slot(prefect_server):
+    _set_gpu_limit(2)  # a 2-GPU node; DDP/FSDP over both GPUs holds both slots
+    try:
+        with gpu_slot(occupy=2):
+            with pytest.raises(TimeoutError):
+                with concurrency(GPU_LIMIT, occupy=1, timeout_seconds=2, strict=True):
+                    pass
+    finally:
+        _set_gpu_limit(None)
