@@ -1,4 +1,4 @@
-"""One data-parallel rank: ``tasks.train.launch`` starts N of these through torchrun.
+"""One data-parallel (or FSDP) rank: ``tasks.train.launch`` starts N of these through torchrun.
 
   python -m torch.distributed.run --standalone --nproc_per_node N -m tasks.train.rank SPEC_JSON
 """
@@ -22,6 +22,10 @@ def main(spec_path: str) -> None:
     use_cuda = cfg.train.device != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        cap = os.environ.get("PEFTPIPE_GPU_MEMORY_CAP_GIB")  # bench/train/fsdp.py: stand in for smaller cards
+        if cap:
+            total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total))
     torch.distributed.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
     try:
         rank0 = torch.distributed.get_rank() == 0

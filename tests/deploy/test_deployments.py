@@ -17,8 +17,8 @@ SPEC = yaml.safe_load((ROOT / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
 
 
-def test_three_deployments_with_entrypoints_in_flows():
-    assert set(DEPLOYMENTS) == {"curate", "train", "pipeline"}
+def test_the_deployments_have_entrypoints_in_flows():
+    assert set(DEPLOYMENTS) == {"curate", "train", "pipeline", "train-node0", "train-node1"}
     for d in DEPLOYMENTS.values():
         path, func = d["entrypoint"].split(":")
         assert path == "flows/deployments.py" and hasattr(deployments, func)
@@ -105,3 +105,21 @@ def test_the_deployments_take_the_training_objective():
     assert resolve_config(str(ROOT / "configs/dpo-sample.yaml")).train.objective == "dpo"
     cfg = resolve_config(str(ROOT / "configs/sample.yaml"), ["train.objective=kto", "preference.min_agreement=0.8"])
     assert (cfg.train.objective, cfg.preference.min_agreement) == ("kto", 0.8)
+
+
+def test_the_two_node_deployments_give_each_node_its_rank_and_the_shared_rendezvous(monkeypatch):
+    from tasks.train.launch import torchrun_command
+
+    known = ProcessWorker.get_default_base_job_template()["variables"]["properties"]
+    for rank in (0, 1):
+        pool = DEPLOYMENTS[f"train-node{rank}"]["work_pool"]
+        assert pool["name"] == "peftpipe-gpu" and pool["work_queue_name"] == f"node{rank}"
+        assert set(pool["job_variables"]) <= set(known)
+        env = pool["job_variables"]["env"]
+        # `prefect deploy` fills {{ $VAR }} from its environment; the worker's run gets the result as env.
+        filled = env["PEFTPIPE_SET"].replace("{{ $PEFTPIPE_RDZV_ENDPOINT }}", "gpu-a.internal:29400")
+        monkeypatch.setenv("PEFTPIPE_SET", filled)
+        cfg = resolve_config(str(ROOT / "configs/sample.yaml"))
+        assert (cfg.train.nnodes, cfg.train.node_rank) == (2, rank)
+        cmd = torchrun_command(cfg, 8, Path("spec.json"), rdzv_id="job")
+        assert f"--node-rank={rank}" in cmd and "--rdzv-endpoint=gpu-a.internal:29400" in cmd
