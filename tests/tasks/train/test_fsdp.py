@@ -1,6 +1,6 @@
 """FSDP2 (``train.parallel: fsdp``) on 2 CPU ranks (gloo) through the real torchrun launcher: the same loss
 curve as one process at the same global batch, a resume from a sharded checkpoint that continues it exactly,
-and one adapter file like a single run's."""
+and one adapter file like a single run's; QLoRA too (bitsandbytes' CPU backend), and on 2 GPUs where there are."""
 from __future__ import annotations
 
 import json
@@ -65,6 +65,24 @@ def test_fsdp_on_two_ranks_matches_one_process_and_resumes_from_a_sharded_checkp
         assert float((ours[name] - t).norm()) < 5e-3 * float(t.norm()), name
     assert not list((out / "checkpoints").glob("step-*"))  # outputs complete: nothing left to resume
     assert os.environ.get("PEFTPIPE_TEST_PAUSE") is None
+
+
+@pytest.mark.slow  # one torchrun launch of 2 ranks
+def test_fsdp_qlora_on_two_cpu_ranks_follows_one_process(tmp_path, tiny_base, tokenized):  # noqa: F811
+    """bitsandbytes' CPU backend: the 4-bit weights, stored as the compute dtype, are sharded and all-gathered
+    intact (a corrupted gather would change the step-1 loss, the base's own), and the adapter comes out whole."""
+    single, logged = run(tokenized, tiny_base, make_cfg(tmp_path, method="qlora", max_steps=3, eval_every=3),
+                         tmp_path / "one")
+    one = train_losses(logged)
+    cfg = make_cfg(tmp_path, method="qlora", max_steps=3, micro_batch_size=2, eval_every=3, num_processes=2,
+                   parallel="fsdp")
+    launch_distributed(tokenized, tiny_base, cfg, tmp_path / "fsdp", None, nproc=2)
+    sharded = step_losses(tmp_path / "fsdp")
+    assert sorted(sharded) == [1, 2, 3]
+    for step in one:
+        assert sharded[step] == pytest.approx(one[step], rel=1e-5), step
+    ours, theirs = load_file(tmp_path / "fsdp" / ADAPTER), load_file(tmp_path / "one" / ADAPTER)
+    assert ours.keys() == theirs.keys() and len(ours) > 0
 
 
 @pytest.mark.gpu
