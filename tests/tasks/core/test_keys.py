@@ -72,10 +72,15 @@ def test_speed_only_settings_keep_the_adapter_key():
     base = _key()
     changed = {"save_every": 3, "keep_checkpoints": 5, "gradient_checkpointing": True, "checkpoint_layers": [0],
                "batch_layout": "padded", "pad_to_multiple_of": 64, "loss": "chunked", "loss_chunk_tokens": 512,
-               "compile": True, "cpu_threads": 2, "num_processes": 2}
-    assert set(changed) == set(TrainConfig.SPEED_ONLY), "test every speed-only setting"
+               "compile": True, "cpu_threads": 2, "num_processes": 2, "parallel": "fsdp", "master_addr": "h",
+               "master_port": 29501, "rdzv_endpoint": "h:29400", "rdzv_id": "job"}
+    # Every node of a multi-node training must find the same adapter directory (and so the same rendezvous id):
+    # its own node_rank stays out of the key; the number of nodes counts through the ranks (below).
+    together = {"nnodes": 2, "node_rank": 1, "master_addr": "h"}
+    assert set(changed) | set(together) == set(TrainConfig.SPEED_ONLY), "test every speed-only setting"
     for name, value in changed.items():
         assert _key(**{name: value}) == base, f"train.{name} is speed-only but changed the adapter key"
+    assert _key(**together) == _key(**{**together, "node_rank": 0})
 
 
 def test_learning_settings_change_the_adapter_key():
