@@ -148,14 +148,16 @@ def test_kto_cannot_precompute_its_reference():
         make_cfg(Path("."), "kto", preference={"precompute_ref": True})
 
 
-def test_two_process_dpo_matches_one_process(tmp_path, tiny_base):
-    """torchrun, 2 CPU ranks of 2 pairs each = 1 process of 4 pairs: same pairs per step, same mean, summed grads."""
+@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_process_dpo_matches_one_process(tmp_path, tiny_base, parallel):
+    """torchrun, 2 CPU ranks of 2 pairs each = 1 process of 4 pairs: same pairs per step, same mean, summed grads;
+    under FSDP the reference (adapter disabled) runs through the sharded model too, and so do the eval pairs."""
     from tasks.train.launch import launch_distributed
 
     one = make_cfg(tmp_path, max_steps=2, eval_every=2)
     tok = tokenized(tmp_path, tiny_base, one)
     single, _ = run(tok, tiny_base, one, tmp_path / "one")
-    two = make_cfg(tmp_path, max_steps=2, eval_every=2, micro_batch_size=2, num_processes=2)
+    two = make_cfg(tmp_path, max_steps=2, eval_every=2, micro_batch_size=2, num_processes=2, parallel=parallel)
     result = launch_distributed(tok, tiny_base, two, tmp_path / "two", None, nproc=2)
     assert result["objective"] == "dpo" and result["steps"] == 2 and result["tokens"] == single["tokens"]
     assert result["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
