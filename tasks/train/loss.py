@@ -119,18 +119,19 @@ def mean_eval_loss(model, rows: list[Row], tc: TrainConfig, pad_id: int, device:
     mine = rows[dist_rank()::dist_world()]  # each rank scores its share; the sums are added up below
     batches = list(eval_batches(mine, tc.micro_batch_size, tc.batch_layout, pad_id, tc.eval_max_batches,
                                 tc.pad_to_multiple_of))
-    for batch in batches:
-        b = batch.to(device)
-        total += float(run_on(model, causal_lm_loss_sum, b.input_ids, b.position_ids, b.targets, fused,
-                              tc.loss_chunk_tokens))
-        n += b.n_loss_tokens
+    runs = len(batches)
     if isinstance(model, ShardRoot) and dist_world() > 1:
-        # Sharded, every forward is a collective: a rank with fewer batches runs uncounted ones until all match.
-        most = int(all_reduce_max(len(batches), device))
-        spare = next(eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, 1, tc.pad_to_multiple_of))
-        for _ in range(most - len(batches)):
-            b = spare.to(device)
-            run_on(model, causal_lm_loss_sum, b.input_ids, b.position_ids, b.targets, fused, tc.loss_chunk_tokens)
+        # Sharded, every forward is a collective: agree on the count first (before any forward, so the collectives
+        # line up), and a rank with fewer batches runs uncounted spare ones until all match.
+        runs = int(all_reduce_max(len(batches), device))
+    spare = next(eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, 1, tc.pad_to_multiple_of), None)
+    for i in range(runs):
+        b = (batches[i] if i < len(batches) else spare).to(device)
+        part = float(run_on(model, causal_lm_loss_sum, b.input_ids, b.position_ids, b.targets, fused,
+                            tc.loss_chunk_tokens))
+        if i < len(batches):
+            total += part
+            n += b.n_loss_tokens
     if dist_world() > 1:
         total, n = all_reduce_floats([total, float(n)], device)
     model.train(was_training)

@@ -159,15 +159,17 @@ def evaluate_rows(scorer: Scorer, rows: list, cfg: PipelineConfig, ref: list[tup
     mb = cfg.train.micro_batch_size
     rank, world = dist_rank(), dist_world()
     starts = list(range(0, len(rows), mb))[rank::world]
-    for start in starts:
+    runs = len(starts)
+    if isinstance(scorer.model, ShardRoot) and world > 1:
+        # Sharded, every forward is a collective: agree on the count before any forward, and a rank with fewer
+        # batches runs uncounted spare ones (KTO's all-reduced KL included) until all match.
+        runs = int(all_reduce_max(len(starts), scorer.device))
+    for i in range(runs):
+        start = starts[i] if i < len(starts) else 0
         chunk = rows[start:start + mb]
         _, sums = objective_loss(scorer, chunk, cfg, ref[start:start + mb] if cfg.train.objective == "dpo" else None)
-        _add(total, sums)
-    if isinstance(scorer.model, ShardRoot) and world > 1 and rows:
-        # Sharded, every forward is a collective: a rank with fewer batches runs uncounted ones until all match.
-        # (KTO's KL estimate is all-reduced inside objective_loss, so the spare batches take part in it too.)
-        for _ in range(int(all_reduce_max(len(starts), scorer.device)) - len(starts)):
-            objective_loss(scorer, rows[:mb], cfg, ref[:mb] if cfg.train.objective == "dpo" else None)
+        if i < len(starts):
+            _add(total, sums)
     if world > 1:
         keys = sorted(total)
         total = dict(zip(keys, all_reduce_floats([total[k] for k in keys], scorer.device)))

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from tasks.train.launch import launch_distributed
 from tasks.train.loop import STEP_LOG
+from tasks.train.synthetic import pattern_rows, write_split
 from tests.tasks.train.test_train import make_cfg, run, tiny_base, tokenized, train_losses  # noqa: F401
 
 ADAPTER = "adapter/adapter_model.safetensors"
@@ -24,11 +25,21 @@ def step_losses(out: Path) -> dict[int, float]:
     return {m["step"]: m["train_loss"] for m in lines}
 
 
+@pytest.fixture(scope="module")
+def odd_eval(tmp_path_factory) -> Path:
+    """5 held-out rows: at 2 per batch rank 0 scores 2 batches and rank 1 one, so the sharded evaluation has
+    to run a spare forward on rank 1 (every forward is a collective) without counting it."""
+    root = tmp_path_factory.mktemp("odd")
+    write_split(root / "train", pattern_rows(12, 300, seq_len=24, seed=1))
+    write_split(root / "eval", pattern_rows(5, 300, seq_len=24, seed=2))
+    return root
+
+
 @pytest.mark.slow  # two torchrun launches of 2 ranks, each importing torch, transformers and peft
 def test_fsdp_on_two_ranks_matches_one_process_and_resumes_from_a_sharded_checkpoint(
-        tmp_path, tiny_base, tokenized, monkeypatch):  # noqa: F811
+        tmp_path, tiny_base, odd_eval, monkeypatch):  # noqa: F811
     single_cfg = make_cfg(tmp_path, max_steps=4, micro_batch_size=4, save_every=2, eval_every=2)
-    single, logged = run(tokenized, tiny_base, single_cfg, tmp_path / "one")
+    single, logged = run(odd_eval, tiny_base, single_cfg, tmp_path / "one")
     one = train_losses(logged)
 
     cfg = make_cfg(tmp_path, max_steps=4, micro_batch_size=2, save_every=2, eval_every=2, num_processes=2,
@@ -39,14 +50,14 @@ def test_fsdp_on_two_ranks_matches_one_process_and_resumes_from_a_sharded_checkp
     monkeypatch.setenv("PEFTPIPE_TEST_PAUSE_FILE", str(tmp_path / "paused.json"))
     monkeypatch.setenv("PEFTPIPE_TEST_PAUSE_MAX_S", "0")
     with pytest.raises(RuntimeError, match="distributed training failed"):
-        launch_distributed(tokenized, tiny_base, cfg, out, None, nproc=2)
+        launch_distributed(odd_eval, tiny_base, cfg, out, None, nproc=2)
     ckpt = out / "checkpoints" / "step-00000002"
     assert (ckpt / "dcp" / ".metadata").is_file() and {p.name for p in ckpt.glob("rng-*.pt")} == {
         "rng-0.pt", "rng-1.pt"}
     assert sorted(step_losses(out)) == [1, 2] and not (out / "_SUCCESS").exists()
 
     monkeypatch.delenv("PEFTPIPE_TEST_PAUSE")
-    result = launch_distributed(tokenized, tiny_base, cfg, out, None, nproc=2)
+    result = launch_distributed(odd_eval, tiny_base, cfg, out, None, nproc=2)
     sharded = step_losses(out)
     assert sorted(sharded) == [1, 2, 3, 4] and result["steps"] == 4 and result["world_size"] == 2
     for step in one:  # steps 1-2 from the first launch, 3-4 from the resumed one
