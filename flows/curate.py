@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
 
+from flows.runners import worker_api_url
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from tasks.core.errors import require_train_records
@@ -35,7 +36,7 @@ class CurateResult:
 def curate_flow(cfg: PipelineConfig) -> CurateResult:
     """Turn the configured sources into a deduplicated, filtered train/eval split, with a ledger per stage."""
     log = get_run_logger()
-    with mlflow_run(cfg, "curate"):
+    with mlflow_run(cfg, "curate"), worker_api_url(cfg.runner):
         ingested = ingest_task(cfg)
         exact = exact_dedup_task(ingested, cfg)
         near = near_dedup_task(exact, cfg)

@@ -29,6 +29,7 @@ import mlflow
 from prefect import flow, get_run_logger
 
 from flows.curate import CurateResult, curate_flow
+from flows.runners import on_runner
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from schemas.sweep import SweepConfig, Variant, curation_settings, expand_variants, reference_config
@@ -88,7 +89,7 @@ def curate_distinct(configs: list[PipelineConfig], sweep_name: str) -> dict[str,
         with mlflow.start_run(run_name=f"{sweep_name}/curate-{key[:8]}", nested=True,
                               tags={ROLE: "curation", "peftpipe.sweep": sweep_name, "peftpipe.curation": key[:8]}):
             mlflow.log_params(tracking.flatten(curation_settings(cfg)))
-            curated[key] = curate_flow(cfg)
+            curated[key] = on_runner(curate_flow, cfg.runner)(cfg)
         split = curated[key].split.ledger.extra  # records of a split, or pairs / examples of a preference stage
         train, ev = ((split.get(k) or split.get(f"{k}_pairs") or split.get(f"{k}_examples") or 0) for k in ("train", "eval"))
         log.info("curation %s: %s train / %s eval", key[:8], train, ev)

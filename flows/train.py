@@ -12,6 +12,7 @@ import mlflow
 from prefect import flow, get_run_logger
 
 from flows.curate import CurateResult, curate_flow
+from flows.runners import on_runner, worker_api_url
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from tasks.core.errors import require_tokenized
@@ -42,9 +43,9 @@ class TrainResult:
 def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> TrainResult:
     """Train an adapter on the curated split (curating first, from cache when possible, if none is given)."""
     log = get_run_logger()
-    with mlflow_run(cfg, "train") as run:
+    with mlflow_run(cfg, "train") as run, worker_api_url(cfg.runner):
         if curated is None:
-            curated = curate_flow(cfg)
+            curated = on_runner(curate_flow, cfg.runner)(cfg)
         if cfg.train.objective == "sft":
             split = holdout_eval_sets_task(curated.split, cfg)  # separate eval sets never reach training
             if split.key != curated.split.key:

@@ -16,6 +16,7 @@ from schemas.evaluate import EvalConfig
 from schemas.filters import FilterConfig, SplitConfig
 from schemas.ingest import IngestConfig
 from schemas.preference import PreferenceConfig
+from schemas.runner import RunnerConfig
 from schemas.tokenize import TokenizeConfig
 from schemas.tracking import TrackingConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
@@ -36,6 +37,8 @@ class PipelineConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description=(
+        "Where the curation stages' and tokenize's shard-level work runs: local, processes or ray."))
 
 
 class ConfigError(ValueError):
