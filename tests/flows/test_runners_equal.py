@@ -2,7 +2,7 @@
 
 Every stage's output (data, rejects, maps, reports) must be the same bytes whichever runner ran its shard
 tasks, and its ledger the same counts; only wall-time figures may differ. The work is cut by the stages'
-own settings (two byte ranges for ingest, several dedup units, one filter task per shard, one tokenize
+own settings (two byte ranges for ingest, three dedup units, one filter task per shard, one tokenize
 task per shard), so each runner really gets several tasks per stage.
 """
 import json
@@ -36,7 +36,7 @@ def config(tmp: Path, kind: str) -> PipelineConfig:
         f"workdir={tmp / kind}", f"tracking.tracking_uri=sqlite:///{tmp / kind / 'mlruns.db'}",
         f"ingest.sources.0.path={ROOT / 'data/sample.jsonl'}",
         "ingest.workers=2", "ingest.parallel_min_bytes=100000",  # the sample (1.1 MB) in two byte ranges
-        "dedup.workers=2", "filters.workers=2", "tokenize.batch_size=300",
+        "dedup.unit_rows=500", "filters.workers=2", "tokenize.batch_size=300",  # 3 dedup units, 3 filter shards
         f"runner.kind={kind}", "runner.workers=2"])
 
 
@@ -48,10 +48,32 @@ def runs(tmp_path_factory, prefect_harness, ray_session):
     out = {}
     for kind in RUNNERS:
         cfg = config(tmp, kind)
-        curated = on_runner(curate_flow, cfg.runner)(cfg)
-        tokenized = on_runner(tokenize_flow, cfg.runner)(curated.split, tok_dir, cfg)
-        out[kind] = (cfg, [*curated.stages, tokenized])
+        state = on_runner(curate_flow, cfg.runner)(cfg, return_state=True)
+        curated = state.result()
+        tok_state = on_runner(tokenize_flow, cfg.runner)(curated.split, tok_dir, cfg, return_state=True)
+        out[kind] = (cfg, [*curated.stages, tok_state.result()],
+                     shard_task_runs(state.state_details.flow_run_id, tok_state.state_details.flow_run_id))
     return out
+
+
+def shard_task_runs(*flow_run_ids) -> dict[str, int]:
+    """Completed shard tasks of the flow runs, counted per stage (``STAGE-shard``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    runs: list = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids))),
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-shard-")), limit=200,
+                offset=len(runs)):
+            runs += page
+    counts: dict[str, int] = {}
+    for run in runs:
+        if run.name.rsplit("-", 1)[0].endswith("-shard") and run.state is not None and run.state.is_completed():
+            stage = run.name.rsplit("-", 1)[0].removesuffix("-shard")
+            counts[stage] = counts.get(stage, 0) + 1
+    return counts
 
 
 def without_timings(value):
@@ -68,10 +90,10 @@ def files_of(stage: StageOutput) -> dict[str, bytes]:
 
 
 def test_every_runner_ran_every_stage_with_the_same_keys(runs):
-    names = {kind: [(s.name, s.key) for s in stages] for kind, (_, stages) in runs.items()}
+    names = {kind: [(s.name, s.key) for s in stages] for kind, (_, stages, _) in runs.items()}
     assert [n for n, _ in names["local"]] == ["ingest", "exact_dedup", "near_dedup", "filter", "split", "tokenize"]
     assert names["processes"] == names["local"] and names["ray"] == names["local"]
-    for kind, (cfg, stages) in runs.items():
+    for kind, (cfg, stages, _) in runs.items():
         assert all(str(s.path).startswith(str(cfg.workdir)) for s in stages), kind
 
 
@@ -95,10 +117,20 @@ def test_ledgers_are_the_same_but_for_timings(runs, kind):
         assert led.n_in == led.kept + sum(led.dropped.values())
 
 
+@pytest.mark.parametrize("kind", ["processes", "ray"])
+def test_every_stage_sent_its_shards_to_the_runner(runs, kind):
+    tasks = runs[kind][2]
+    assert set(tasks) == {"ingest", "exact_dedup", "near_dedup", "filter", "tokenize"}, tasks
+    assert tasks["ingest"] == 2  # the two byte ranges
+    assert tasks["filter"] == len(list(runs[kind][1][2].data().glob("*.parquet")))  # one per input shard
+    assert tasks["tokenize"] == 2  # the train and the eval shard
+    assert runs["local"][2] == {}  # local: the stages' own loops and pools, no shard tasks
+
+
 def test_the_work_was_split_into_several_shard_tasks(runs):
-    cfg, stages = runs["local"]
+    cfg, stages, _ = runs["local"]
     by_name = {s.name: s for s in stages}
     assert len(by_name["ingest"].ledger.extra["sources"][0]["files"]) == 1
     assert len(list(by_name["ingest"].data().glob("part-000-00000-0000[01]-*.parquet"))) == 2  # two byte ranges
-    assert len(list(by_name["near_dedup"].data().glob("*.parquet"))) >= 4  # several dedup units
+    assert len(list(by_name["near_dedup"].data().glob("*.parquet"))) == 3  # three dedup units
     assert by_name["near_dedup"].ledger.dropped  # the sample has near-duplicates: the mapped steps found them
