@@ -7,14 +7,15 @@ the cluster at ``ray_address`` or starts a local Ray instance, and reuses one al
 """
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from schemas.runner import RunnerConfig
 
-F = TypeVar("F")
+R = TypeVar("R")
 
 
 def task_runner(kind: str, workers: int, ray_address: str | None = None) -> Any:
@@ -35,16 +36,28 @@ def task_runner(kind: str, workers: int, ray_address: str | None = None) -> Any:
     return None
 
 
-def on_runner(flow_obj: F, runner: RunnerConfig) -> F:
-    """``flow_obj`` with the task runner ``runner`` names (itself for 'local')."""
+def on_runner(flow_obj: Callable[..., R], runner: RunnerConfig) -> Callable[..., R]:
+    """``flow_obj`` on the task runner ``runner`` names (itself for 'local').
+
+    The call runs under ``shared_api_url``: a local Ray instance starts when the flow enters its task runner,
+    before the flow body runs, and its workers take the environment of that moment, so the API URL must be
+    in the environment before the call, or each Ray worker would start a temporary server of its own."""
     chosen = task_runner(runner.kind, runner.workers, runner.ray_address)
-    return flow_obj if chosen is None else flow_obj.with_options(task_runner=chosen)  # type: ignore[attr-defined]
+    if chosen is None:
+        return flow_obj
+    placed = flow_obj.with_options(task_runner=chosen)  # type: ignore[attr-defined]
+
+    @functools.wraps(flow_obj)
+    def call(*args: Any, **kwargs: Any) -> R:
+        with shared_api_url():
+            return placed(*args, **kwargs)
+    return call
 
 
 @contextmanager
 def shared_api_url() -> Iterator[None]:
-    """Point spawned task-runner workers at this run's API server, for the duration of the block (call it
-    inside a flow).
+    """Point spawned task-runner workers at this run's API server, for the duration of the block (outside a
+    flow, this starts the temporary server the flow will then use).
 
     Without an explicit PREFECT_API_URL, each process-pool worker (a fresh interpreter) would start a
     temporary server of its own: seconds per worker, and task runs that the parent's UI never sees.

@@ -11,7 +11,7 @@ every stage's output has the same bytes and fails otherwise.
     .venv/bin/python bench/curation/runners.py --records 20000 --out /tmp/runners.json   # a quick look
 
 The records are chat records in the bundled sample's shape (a user prompt, an assistant reply, two or three
-annotators' ratings), of Zipf-distributed words, ~350 bytes each; 5% are exact copies of an earlier record and
+annotators' ratings), of Zipf-distributed words, ~570 bytes each; 5% are exact copies of an earlier record and
 10% near copies (one word of the reply changed), so both dedup stages have work.
 """
 from __future__ import annotations
@@ -164,32 +164,34 @@ def main() -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     data = tmp / f"records-{args.records}.jsonl"
     t0 = time.perf_counter()
-    size = make_records(args.records, data)
+    if data.is_file():  # deterministic: the same records as a previous run with this --tmp
+        size = data.stat().st_size
+    else:
+        size = make_records(args.records, data)
     print(f"records: {args.records} ({size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s", flush=True)
-    rows = []
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    rows: list[dict] = []
     for kind in args.runners.split(","):
         row = run_child(kind, data, tmp / f"work-{kind}")
         row["digests"] = {name: stage_digest(p) for name, p in row.pop("stages").items()}
         print(json.dumps({k: v for k, v in row.items() if k != "ledgers"}), flush=True)
         rows.append(row)
-    same = all(r["digests"] == rows[0]["digests"] for r in rows)
+        same = all(r["digests"] == rows[0]["digests"] for r in rows)
+        result = {  # written after every runner, so a run cut short keeps what it measured
+            "command": f"python bench/curation/runners.py --records {args.records} --runners {args.runners}",
+            "machine": f"{os.cpu_count()} cores ({cpu}), shared with other jobs; Python {platform.python_version()}",
+            "records": args.records, "input_mib": round(size / 2**20),
+            "stages": list(STAGES), "same_outputs": same, "kept": rows[0]["ledgers"]["filter"]["kept"],
+            "rows": [{k: v for k, v in r.items() if k not in ("ledgers",)} for r in rows],
+            "ledgers": rows[0]["ledgers"],
+        }
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
     if not same:
         print("the runners wrote different files: " + json.dumps([r["digests"] for r in rows]), file=sys.stderr)
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    result = {
-        "command": f"python bench/curation/runners.py --records {args.records} --runners {args.runners}",
-        "machine": f"{os.cpu_count()} cores ({cpu}), shared with other jobs; Python {platform.python_version()}",
-        "records": args.records, "input_mib": round(size / 2**20),
-        "stages": list(STAGES), "same_outputs": same,
-        "kept": rows[0]["ledgers"]["filter"]["kept"] if rows else None,
-        "rows": [{k: v for k, v in r.items() if k not in ("ledgers", "digests")} for r in rows],
-        "ledgers": rows[0]["ledgers"] if rows else {},
-    }
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0 if same else 1
 

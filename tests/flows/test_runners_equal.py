@@ -59,7 +59,12 @@ def runs(tmp_path_factory, prefect_harness, ray_session):
 def shard_task_runs(*flow_run_ids) -> dict[str, int]:
     """Completed shard tasks of the flow runs, counted per stage (``STAGE-shard``)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
 
     runs: list = []
     with get_client(sync_client=True) as client:
