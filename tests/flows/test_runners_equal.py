@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNNERS = ("local", "processes", "ray")
 # Ledger figures that measure time, not data: the only bytes allowed to differ between runners.
 TIMINGS = {"seconds", "tokens_per_s"}
+pytestmark = pytest.mark.slow  # three curations and three tokenizations, one Ray instance: minutes on 2 cores
 
 
 @flow(name="tokenize-on-runner")
