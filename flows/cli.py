@@ -77,7 +77,9 @@ def _use_temporary_server(cfg: PipelineConfig) -> None:
         return
     from tasks.core.ephemeral import start_temporary_server
 
-    server = start_temporary_server(Path(cfg.workdir) / "logs")
+    from tasks.core.storage import local_workdir
+
+    server = start_temporary_server(local_workdir(cfg.workdir) / "logs")  # on local disk, even for s3://
     if server is not None:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -294,15 +294,23 @@ def preflight(cfg: Any, check_servers: bool = True) -> None:
     (environment): PEFTPIPE_PREFLIGHT_TIMEOUT seconds per request (5), PEFTPIPE_PREFLIGHT_ATTEMPTS (2, with
     1 s, 2 s... between them), PEFTPIPE_MIN_FREE_MB free space in the workdir (256).
     """
-    from tasks.core.paths import check_config_paths
+    from tasks.core import storage
+    from tasks.core.paths import check_config_paths, check_store
 
     timeout = float(os.environ.get("PEFTPIPE_PREFLIGHT_TIMEOUT", "5"))
     attempts = max(1, int(os.environ.get("PEFTPIPE_PREFLIGHT_ATTEMPTS", "2")))
     min_free = float(os.environ.get("PEFTPIPE_MIN_FREE_MB", "256"))
-    if removed := sweep_stale_tmp(cfg.workdir):
+    storage.configure(cfg.storage)
+    remote = storage.is_remote(cfg.workdir)
+    # A remote workdir's temporary directories are in the local scratch (tasks.core.storage)
+    if removed := sweep_stale_tmp(storage.scratch_root() if remote else cfg.workdir):
         logging.getLogger(__name__).info("removed %d temporary directories of killed runs", len(removed))
     problems = check_config_paths(cfg, timeout)
-    checks = [lambda: check_writable_dir(cfg.workdir, "workdir", min_free)]
+    if remote and (problem := check_store(cfg.workdir, "workdir", timeout * 2)):
+        problems.append(problem)
+    local = storage.local_workdir(cfg.workdir)  # models, adapters, logs; a remote workdir's scratch
+    checks = [lambda: check_writable_dir(local, "local scratch (storage.scratch_dir)" if remote else "workdir",
+                                         min_free)]
     if check_servers:
         checks += [lambda: check_tracking(cfg.tracking.tracking_uri, timeout, attempts),
                    lambda: check_prefect(timeout, attempts)]
