@@ -13,7 +13,6 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 from schemas.pipeline import ConfigError, PipelineConfig, load_config
 
@@ -76,7 +75,6 @@ def _use_temporary_server(cfg: PipelineConfig) -> None:
     if prefect_api_url():  # the active Prefect profile names a server
         return
     from tasks.core.ephemeral import start_temporary_server
-
     from tasks.core.storage import local_workdir
 
     server = start_temporary_server(local_workdir(cfg.workdir) / "logs")  # on local disk, even for s3://
