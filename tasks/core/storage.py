@@ -270,3 +270,51 @@ def local_scratch(name: str) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_version(location: str | os.PathLike) -> tuple[int, int] | None:
+    """(size, version) of a file, or None if there is none: locally its mtime in ns, on an object store a
+    number taken from its ETag (the content hash S3 keeps), so a cache key from it is the same on every
+    machine and changes when the object does."""
+    if not is_remote(location):
+        path = Path(location)
+        if not path.is_file():
+            return None
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    fs, path = filesystem(location)
+    fs.invalidate_cache(posixpath.dirname(path))
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    if info.get("type") != "file":
+        return None
+    tag = str(info.get("ETag") or info.get("etag") or info.get("LastModified") or "")
+    return int(info.get("size") or 0), int(hashlib.sha256(tag.encode()).hexdigest()[:15], 16)
+
+
+def local_file(location: str | os.PathLike) -> Path:
+    """A local path with a file's bytes: the path itself when local; for a URL, a copy in the scratch,
+    fetched again when the object's version changes. For inputs a config names (eval sets, decontamination
+    sources); a missing remote file gives a path that does not exist, so callers' own checks report it."""
+    if not is_remote(location):
+        return Path(location)
+    text = os.fspath(location)
+    version = file_version(text)
+    name = posixpath.basename(text.rstrip("/")) or "file"
+    if version is None:
+        return scratch_root() / "files" / "missing" / name
+    key = hashlib.sha256(f"{text}\0{version}".encode()).hexdigest()[:16]
+    final = scratch_root() / "files" / key / name  # the name keeps its suffix: readers go by it
+    if final.is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fs, path = filesystem(text)
+    tmp = final.parent / f".{name}.tmp-{os.getpid()}"
+    try:
+        fs.get_file(path, str(tmp))
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final

@@ -21,6 +21,12 @@ BUCKET = "peftpipe-curate"
 ROWS = 700  # of the bundled sample: planted duplicates and malformed rows included, a few seconds per run
 
 
+@pytest.fixture(autouse=True)
+def scratch_env(monkeypatch, tmp_path):
+    """storage.configure exports storage.scratch_dir as PEFTPIPE_SCRATCH: undone after each test."""
+    monkeypatch.setenv(storage.SCRATCH_ENV, str(tmp_path / "scratch"))
+
+
 @pytest.fixture(scope="module")
 def s3():
     with s3_server((BUCKET,)) as server:
@@ -150,3 +156,53 @@ def test_preflight_stops_before_any_stage(tmp_path, s3, source, problem, monkeyp
     assert s3.secret not in err and "not-" + s3.secret not in err
     assert not (tmp_path / "scratch" / "stages").exists()
     assert "Contents" not in s3.client().list_objects_v2(Bucket=BUCKET, Prefix="runs/c/")
+
+
+def test_tokenize_goes_to_the_store_and_training_reads_it(tmp_path, s3, source, local_run):
+    """The train flow on the same s3:// workdir: curation is found in the bucket, the tokenize stage is
+    uploaded with the bytes a local run makes, and the adapter, trained on the mirror of those rows, is local."""
+    from flows.train import train_flow
+    from tasks.tokenize.stage import tokenize_task
+    from tasks.train.model import prepare_base_model
+
+    local, _ = local_run
+    cfg = load_config(ROOT / "configs/sample.yaml", [
+        f"workdir=s3://{BUCKET}/runs/a", f"ingest.sources.0.path={source[0]}",
+        f"storage.scratch_dir={tmp_path / 'scratch'}", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
+        "train.max_steps=2", "train.eval_every=2", "train.save_every=2", "evaluate.max_items=2",
+        "evaluate.max_new_tokens=4"])
+    result = train_flow(cfg)
+    assert Path(result.adapter_dir).is_relative_to(tmp_path / "scratch")  # weights stay on local disk
+    assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()
+    assert not Path("s3:").exists()  # nothing took the URL for a local path
+
+    stored = {k.split("/")[2]: k for k in remote_files(s3, "runs/a/stages/tokenize") if k.endswith("_SUCCESS")}
+    assert len(stored) == 1
+    key = next(iter(stored))
+    # the same stage in a local workdir, from the local curation: same key, same bytes
+    work = Path(local.split.url).parents[2]
+    base = prepare_base_model(cfg.model, work, local.split.data("train"))
+    here = tokenize_task.fn(local.split, base, cfg.model_copy(update={"workdir": str(work)}))
+    assert here.key == key
+    assert comparable(remote_files(s3, f"runs/a/stages/tokenize/{key}")) == comparable(local_files(Path(here.url)))
+
+
+def test_eval_set_and_decontamination_source_on_s3(tmp_path, s3):
+    from schemas.evaluate import EvalSetConfig
+    from tasks.evaluate.evalsets import file_set
+    from tasks.filters.decontam import eval_index, eval_sets_fingerprint
+
+    rows = b"".join(json.dumps({"prompt": f"What is {i}+{i}?", "reference": str(2 * i)}).encode() + b"\n"
+                    for i in range(5))
+    (tmp_path / "qa.jsonl").write_bytes(rows)
+    s3.client().put_object(Bucket=BUCKET, Key="evalsets/qa.jsonl", Body=rows)
+    url = f"s3://{BUCKET}/evalsets/qa.jsonl"
+    remote = file_set(EvalSetConfig(name="qa", path=url), None)
+    here = file_set(EvalSetConfig(name="qa", path=str(tmp_path / "qa.jsonl")), None)
+    assert remote.items == here.items and remote.path == url
+    assert (eval_index(url, 3) == eval_index(tmp_path / "qa.jsonl", 3)).all()
+    from schemas.filters import DecontamParams
+    before = eval_sets_fingerprint(DecontamParams(sources={"qa": url}))
+    s3.client().put_object(Bucket=BUCKET, Key="evalsets/qa.jsonl", Body=rows + rows)
+    assert eval_sets_fingerprint(DecontamParams(sources={"qa": url})) != before  # a changed object: a new key
+    assert len(file_set(EvalSetConfig(name="qa", path=url), None).items) == 10  # ... and a fresh copy
