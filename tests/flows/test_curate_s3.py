@@ -169,14 +169,14 @@ def test_tokenize_goes_to_the_store_and_training_reads_it(tmp_path, s3, source, 
     cfg = load_config(ROOT / "configs/sample.yaml", [
         f"workdir=s3://{BUCKET}/runs/a", f"ingest.sources.0.path={source[0]}",
         f"storage.scratch_dir={tmp_path / 'scratch'}", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
-        "train.max_steps=2", "train.eval_every=2", "train.save_every=2", "evaluate.max_items=2",
-        "evaluate.max_new_tokens=4"])
+        "train.max_steps=2", "train.warmup_steps=0", "train.eval_every=2", "train.save_every=2", "evaluate.max_items=2",
+        "evaluate.max_new_tokens=4", "evaluate.task_metrics=false"])
     result = train_flow(cfg)
     assert Path(result.adapter_dir).is_relative_to(tmp_path / "scratch")  # weights stay on local disk
     assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()
     assert not Path("s3:").exists()  # nothing took the URL for a local path
 
-    stored = {k.split("/")[2]: k for k in remote_files(s3, "runs/a/stages/tokenize") if k.endswith("_SUCCESS")}
+    stored = {k.split("/")[0] for k in remote_files(s3, "runs/a/stages/tokenize") if k.endswith("/_SUCCESS")}
     assert len(stored) == 1
     key = next(iter(stored))
     # the same stage in a local workdir, from the local curation: same key, same bytes
@@ -199,7 +199,7 @@ def test_eval_set_and_decontamination_source_on_s3(tmp_path, s3):
     url = f"s3://{BUCKET}/evalsets/qa.jsonl"
     remote = file_set(EvalSetConfig(name="qa", path=url), None)
     here = file_set(EvalSetConfig(name="qa", path=str(tmp_path / "qa.jsonl")), None)
-    assert remote.items == here.items and remote.path == url
+    assert remote.items == here.items and remote.source == url
     assert (eval_index(url, 3) == eval_index(tmp_path / "qa.jsonl", 3)).all()
     from schemas.filters import DecontamParams
     before = eval_sets_fingerprint(DecontamParams(sources={"qa": url}))
