@@ -94,7 +94,7 @@ def _run_flow(kind: str, cfg: PipelineConfig) -> int:
         result = curate_flow(cfg)
         split = result.split.ledger.extra
         print(f"\ncurated: {split.get('train', 0)} train / {split.get('eval', 0)} eval records "
-              f"in {result.split.path}")
+              f"in {result.split.url}")
         return 0
     from flows.pipeline import pipeline_flow
     from flows.train import train_flow

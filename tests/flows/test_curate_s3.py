@@ -90,6 +90,13 @@ def test_s3_workdir_gives_the_local_bytes_and_a_rerun_is_a_cache_hit(tmp_path, s
         assert comparable(stored) == comparable(local_stages[stage.name]), stage.name
         assert "_SUCCESS" in stored and "stats.json" in stored
     assert result.split.ledger.to_dict() == local.split.ledger.to_dict()  # read through the store
+    # MLflow's dataset inputs name where the curated sets live at rest: the bucket, not this machine's mirror
+    from mlflow import MlflowClient
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}").search_runs(
+        [MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}").get_experiment_by_name("peftpipe").experiment_id])[0]
+    sources = {d.dataset.name: json.loads(d.dataset.source)["uri"] for d in run.inputs.dataset_inputs
+               if d.dataset.name.startswith("sample-")}
+    assert sources == {"sample-train": f"{result.split.url}/train", "sample-eval": f"{result.split.url}/eval"}
 
     # Another machine (an empty scratch) runs the same config: every stage is found complete in the bucket,
     # no stage body runs (a body writes into SCRATCH/stages first), and nothing in the bucket is rewritten.
