@@ -47,8 +47,7 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
     # Stage outputs (tokenize included) go to the workdir, an s3:// one too; the base model, checkpoints and
     # the adapter stay on local disk (storage.local_workdir), and training reads the tokenized rows from this
     # machine's mirror of the tokenize stage (StageOutput.path).
-    local = cfg if not storage.is_remote(cfg.workdir) else \
-        cfg.model_copy(update={"workdir": str(storage.local_workdir(cfg.workdir))})
+    local = storage.with_local_workdir(cfg)
     with mlflow_run(cfg, "train") as run:
         if curated is None:
             curated = curate_flow(cfg)

@@ -210,6 +210,14 @@ def local_workdir(workdir: str) -> Path:
     return scratch_root() / "workdirs" / name
 
 
+def with_local_workdir(cfg: Any) -> Any:
+    """A pipeline config whose ``workdir`` is ``local_workdir(cfg.workdir)``: for the steps that keep their
+    files on local disk (the base model, training, the sweep's report); the config itself when local."""
+    if not is_remote(cfg.workdir):
+        return cfg
+    return cfg.model_copy(update={"workdir": str(local_workdir(cfg.workdir))})
+
+
 def _mirror_path(location: str) -> Path:
     digest = hashlib.sha256(location.encode()).hexdigest()[:16]
     return scratch_root() / "mirror" / f"{posixpath.basename(location.rstrip('/'))}-{digest}"
