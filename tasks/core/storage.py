@@ -164,9 +164,10 @@ def put_tree(local_dir: Path, location: str, last: str | None = None) -> None:
     stale = [p for p in existing if posixpath.relpath(p, root) not in names]
     if stale:
         fs.rm(stale)
-    ordered = [p for p in files if p.name != last] + [p for p in files if p.name == last]
-    for p in ordered:
-        fs.put_file(str(p), posixpath.join(root, p.relative_to(local_dir).as_posix()))
+    target = lambda p: posixpath.join(root, p.relative_to(local_dir).as_posix())  # noqa: E731
+    for batch in ([p for p in files if p.name != last], [p for p in files if p.name == last]):
+        if batch:  # one call per batch: s3fs sends its files concurrently
+            fs.put([str(p) for p in batch], [target(p) for p in batch])
     fs.invalidate_cache(root)
 
 
@@ -248,10 +249,12 @@ def local_copy(location: str | os.PathLike, seed: Path | None = None) -> Path:
         fs, root = filesystem(text)
         fs.invalidate_cache(root)
         tmp.mkdir()
-        for remote in fs.find(root):
-            target = tmp / posixpath.relpath(remote, root)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(target))
+        remote = fs.find(root)
+        local = [tmp / posixpath.relpath(r, root) for r in remote]
+        for p in local:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        if remote:
+            fs.get(remote, [str(p) for p in local])  # concurrently, as put_tree
     (tmp / MIRRORED).write_text(text + "\n")
     try:
         if final.exists():
