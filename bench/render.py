@@ -1,7 +1,7 @@
 """Render BENCHMARKS.md's tables from the results JSON under bench/<area>/, so that each figure exists once.
 
-    python bench/render.py           # rewrite every rendered table in BENCHMARKS.md in place
-    python bench/render.py --check   # exit 1 with a diff when BENCHMARKS.md is not what the JSON gives
+    python bench/render.py           # rewrite every rendered table in BENCHMARKS.md and README.md in place
+    python bench/render.py --check   # exit 1 with a diff when either is not what the JSON gives
 
 A rendered table sits between two marker comments; everything else in BENCHMARKS.md is prose and left alone:
 
@@ -27,6 +27,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 DOC = BENCH.parent / "BENCHMARKS.md"
+DOCS = (DOC, BENCH.parent / "README.md")  # README repeats a few tables; they are rendered the same way
 MARKED = re.compile(r"^(?P<indent>[ \t]*)<!-- render: (?P<spec>[^>]*?) -->\n"
                     r"(?P<body>.*?)^(?P=indent)<!-- /render -->$", re.M | re.S)
 START = re.compile(r"^[ \t]*<!-- render:", re.M)
@@ -182,6 +183,46 @@ def train_issue19(docs: list[Any], view: str) -> list[str]:
         rows.append([f"8B {'QLoRA' if s['mode'] == 'qlora' else 'LoRA'}, stock recipe", "not run this call",
                      f"{num(s['tokens_per_s'])}, {num(s['peak_gib'], 2)}", ""])
     return table(["case", "peftpipe tokens/s, peak GiB", "stock recipe tokens/s, peak GiB", "ratio"], rows)
+
+# speed.py case -> label and the stock row it is set beside (8B, issue 19's second device call).
+CASES_8B = {
+    "llama-8b:qlora:all:fixed": "8B QLoRA, like for like: every layer recomputes, fp32 LoRA weights, no compile",
+    "llama-8b:qlora:all:fixed:compile+bf16a": "8B QLoRA, memory-lean: every layer recomputes, compile, bf16 LoRA "
+                                              "+ fp32 masters (goal >= 14,000 at <= 12 GiB)",
+    "llama-8b:qlora:skip8:fixed:compile+bf16a+mb=2": "8B QLoRA, 24 of 32 layers recompute, micro-batch 2, compile, "
+                                                     "bf16 LoRA + masters",
+    "llama-8b:qlora:none:fixed:compile+bf16a+profile": "8B QLoRA, fastest: no recompute, compile, bf16 LoRA + "
+                                                        "masters (goal >= 20,000)",
+}
+
+
+def train_8b(docs: list[Any], view: str) -> list[str]:
+    """`speed`: 8B QLoRA, ours beside the stock recipe in one call; `peers`: the stock recipe at our settings and
+    HF + liger-kernel beside the stock recipe."""
+    d = docs[0]
+    stock = d["stock_8b"][0]
+    if view == "speed":
+        rows = []
+        for r in d["ours_8b"]:
+            recompute = ":all:" in r["case"]
+            s_cell = (f"{num(stock['tokens_per_s'])}, {num(stock['peak_gib'], 2)}" if recompute else
+                      "out of memory at 139.8 GiB (`GC=0`)" if ":none:" in r["case"] else "")
+            ratio_cell = f"{num(r['tokens_per_s'] / stock['tokens_per_s'], 2)}x" if recompute else ""
+            rows.append([CASES_8B[r["case"]], f"{num(r['tokens_per_s'])}, {num(r['peak_gib'], 2)}",
+                         s_cell, ratio_cell])
+        return table(["case", "peftpipe tokens/s, peak GiB", "stock recipe (same recompute) tokens/s, peak GiB",
+                      "ratio"], rows)
+    if view == "peers":
+        rows = [[f"HF + liger-kernel, {r['shape'][6:].upper()} {'QLoRA' if r['mode'] == 'qlora' else 'LoRA'}, "
+                 "every layer recomputes, fp32 LoRA", f"{num(r['tokens_per_s'])}, {num(r['peak_gib'], 2)}"]
+                for r in d["liger"]]
+        rows += [[f"stock recipe, {r['shape'][6:].upper()} LoRA, no recompute, bf16 LoRA (`GC=0 ADAPTER=bf16`)",
+                  f"{num(r['tokens_per_s'])}, {num(r['peak_gib'], 2)}"] for r in d["stock_1b_nogc_bf16a"]]
+        rows.append(["stock recipe, 8B QLoRA, every layer recomputes (the row above)",
+                     f"{num(stock['tokens_per_s'])}, {num(stock['peak_gib'], 2)}"])
+        return table(["recipe and case", "tokens/s, peak GiB"], rows)
+    raise ValueError(f"train/speed_results_8b.json: unknown view {view!r} (speed, peers)")
+
 
 # ---- tokenize ------------------------------------------------------------------------------------------
 
@@ -388,6 +429,20 @@ def dedup_scale(docs: list[Any], view: str) -> list[str]:
     raise ValueError(f"dedup/scale_results.json: unknown view {view!r} (settings, runners)")
 
 
+# ---- the curation experiment (bench/experiment/report.py formats its own tables: one formatter) ------------
+
+def experiment(docs: list[Any], view: str) -> list[str]:
+    """`curation` / `peft`: a sweep's table over seeds and families; `contrast`: all on minus all off."""
+    sys.path.insert(0, str(BENCH / "experiment"))
+    import report  # bench/experiment/report.py
+
+    if view == "contrast":
+        return report.contrast_lines(docs[0])
+    if view not in ("curation", "peft"):
+        raise ValueError(f"experiment/results_gpu.json: unknown view {view!r} (curation, peft, contrast)")
+    return report.sweep_table(docs[0], "sweep-experiment" if view == "curation" else "sweep-peft")
+
+
 # The path as written in a marker -> the function that renders its table (called with the loaded files and
 # the marker's further words).
 TABLES: dict[str, Callable[..., list[str]]] = {
@@ -403,6 +458,8 @@ TABLES: dict[str, Callable[..., list[str]]] = {
     "orchestration/rerun_results.json": orchestration_rerun,
     "dedup/results.json": dedup,
     "dedup/scale_results.json": dedup_scale,
+    "experiment/results_gpu.json": experiment,
+    "train/speed_results_8b.json": train_8b,
 }
 
 
@@ -439,23 +496,25 @@ def render(text: str, bench: Path = BENCH) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="exit 1 if the document is stale; change nothing")
-    p.add_argument("--doc", type=Path, default=DOC, help="the markdown file (default: BENCHMARKS.md)")
+    p.add_argument("--check", action="store_true", help="exit 1 if a document is stale; change nothing")
+    p.add_argument("--doc", type=Path, action="append",
+                   help="a markdown file (repeatable; default: BENCHMARKS.md and README.md)")
     args = p.parse_args(argv)
-    text = args.doc.read_text()
-    fresh = render(text)
-    if not args.check:
-        if fresh != text:
-            args.doc.write_text(fresh)
-        print(f"{args.doc.name}: {len(MARKED.findall(text))} tables rendered")
-        return 0
-    if fresh == text:
-        return 0
-    print("\n".join(difflib.unified_diff(text.splitlines(), fresh.splitlines(), str(args.doc), "rendered",
-                                         lineterm="", n=0)))
-    print(f"{args.doc} is stale: a rendered table differs from its JSON. Run `python bench/render.py`.",
-          file=sys.stderr)
-    return 1
+    stale = False
+    for doc in args.doc or DOCS:
+        text = doc.read_text()
+        fresh = render(text)
+        if not args.check:
+            if fresh != text:
+                doc.write_text(fresh)
+            print(f"{doc.name}: {len(MARKED.findall(text))} tables rendered")
+        elif fresh != text:
+            print("\n".join(difflib.unified_diff(text.splitlines(), fresh.splitlines(), str(doc), "rendered",
+                                                 lineterm="", n=0)))
+            print(f"{doc} is stale: a rendered table differs from its JSON. Run `python bench/render.py`.",
+                  file=sys.stderr)
+            stale = True
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

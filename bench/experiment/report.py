@@ -167,42 +167,55 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}" if x is not None and math.isfinite(x) else "n/a"
 
 
-def markdown(s: dict) -> str:
+def sweep_table(s: dict, sweep: str) -> list[str]:
+    """One sweep's table: a row per variant over its seeds, per family, and the base model's row."""
     fams = s["families"]
+    rows = [r for r in s["rows"] if r["sweep"] == sweep]
+    peft = sweep == "sweep-peft"
+    head = ["variant", "seeds", "exact match % (mean ± sd)", "min-max"] + fams + ["eval loss"]
+    head += ["time/step ms", "tokens/s", "peak GiB", "adapter MB"] if peft else ["train records"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["variant"], str(r["seeds"]), f"{pct(r['em'])} ± {pct(r['em_sd'])}",
+                 f"{pct(r['em_min'])}-{pct(r['em_max'])}"] + [pct(r["families"][f]) for f in fams]
+        cells.append(f"{r['eval_loss']:.3f}")
+        if peft:
+            cells += [f"{r['step_ms']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{r['gpu_peak_gib']:.2f}",
+                      f"{r['adapter_mb']:.2f}"]
+        else:
+            cells.append(f"{r['train_records']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    base = rows[0]
+    lines.append("| base model (no adapter) | | " + pct(base["base_em"]) + " | | "
+                 + " | ".join(pct(base["base_families"][f]) for f in fams) + f" | {base['base_eval_loss']:.3f} |")
+    return lines
+
+
+def contrast_lines(s: dict) -> list[str]:
+    """All filters and dedup on minus all off: over seeds (Welch), over eval items (paired bootstrap), per family."""
+    c = s["contrasts"].get("all_on_minus_all_off")
+    if not c:
+        return []
+    lines = []
+    if c["seeds"]:
+        d, lo, hi = c["seeds"]
+        lines.append(f"All on minus all off, exact match: {pct(d)} points, 95% CI [{pct(lo)}, {pct(hi)}] "
+                     f"(Welch t over seeds).")
+    if c["items"]:
+        d, lo, hi = c["items"]
+        lines.append(f"Paired bootstrap over the eval items (each item averaged over seeds): {pct(d)} points, "
+                     f"95% CI [{pct(lo)}, {pct(hi)}].")
+    per = [f"{f} {pct(v[0])} [{pct(v[1])}, {pct(v[2])}]" for f, v in c["per_family_items"].items() if v]
+    if per:
+        lines.append("Per family (items): " + "; ".join(per) + ".")
+    return lines
+
+
+def markdown(s: dict) -> str:
     lines = []
     for sweep in sorted({r["sweep"] for r in s["rows"]}):
-        rows = [r for r in s["rows"] if r["sweep"] == sweep]
-        peft = sweep == "sweep-peft"
-        head = ["variant", "seeds", "exact match % (mean ± sd)", "min-max"] + fams + ["eval loss"]
-        head += ["time/step ms", "tokens/s", "peak GiB", "adapter MB"] if peft else ["train records"]
-        lines += [f"### {sweep}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in rows:
-            cells = [r["variant"], str(r["seeds"]), f"{pct(r['em'])} ± {pct(r['em_sd'])}",
-                     f"{pct(r['em_min'])}-{pct(r['em_max'])}"] + [pct(r["families"][f]) for f in fams]
-            cells.append(f"{r['eval_loss']:.3f}")
-            if peft:
-                cells += [f"{r['step_ms']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{r['gpu_peak_gib']:.2f}",
-                          f"{r['adapter_mb']:.2f}"]
-            else:
-                cells.append(f"{r['train_records']:.0f}")
-            lines.append("| " + " | ".join(cells) + " |")
-        base = rows[0]
-        lines += ["| base model (no adapter) | | " + pct(base["base_em"]) + " | | "
-                  + " | ".join(pct(base["base_families"][f]) for f in fams) + f" | {base['base_eval_loss']:.3f} |", ""]
-    c = s["contrasts"].get("all_on_minus_all_off")
-    if c:
-        if c["seeds"]:
-            d, lo, hi = c["seeds"]
-            lines.append(f"All on minus all off, exact match: {pct(d)} points, 95% CI [{pct(lo)}, {pct(hi)}] "
-                         f"(Welch t over seeds).")
-        if c["items"]:
-            d, lo, hi = c["items"]
-            lines.append(f"Paired bootstrap over the eval items (each item averaged over seeds): {pct(d)} points, "
-                         f"95% CI [{pct(lo)}, {pct(hi)}].")
-        per = [f"{f} {pct(v[0])} [{pct(v[1])}, {pct(v[2])}]" for f, v in c["per_family_items"].items() if v]
-        if per:
-            lines.append("Per family (items): " + "; ".join(per) + ".")
-    return "\n".join(lines) + "\n"
+        lines += [f"### {sweep}", "", *sweep_table(s, sweep), ""]
+    return "\n".join(lines + contrast_lines(s)) + "\n"
 
 
 def main() -> int:

@@ -39,11 +39,10 @@ run_sweep() {  # name config seeds
     > "work/sweep-$name.log" 2>&1
   echo "sweep $name: exit $? after $(( $(date +%s) - t0 )) s"
 }
-run_sweep s0 sweep-experiment.yaml "[0]" &
-run_sweep s1 sweep-experiment.yaml "[1]" &
-run_sweep s2 sweep-experiment.yaml "[2]" &
-run_sweep peft01 sweep-peft.yaml "[0, 1]" &
-run_sweep peft2 sweep-peft.yaml "[2]" &
+# SWEEPS: space-separated name=config=seeds, one process each (default: the two sweeps over five processes).
+SWEEPS=${SWEEPS:-"s0=sweep-experiment.yaml=[0] s1=sweep-experiment.yaml=[1] s2=sweep-experiment.yaml=[2] \
+peft01=sweep-peft.yaml=[0,1] peft2=sweep-peft.yaml=[2]"}
+for spec in $SWEEPS; do IFS== read -r name config seeds <<< "$spec"; run_sweep "$name" "$config" "$seeds" & done
 wait
 uris=()
 for db in work/mlruns-*.db; do uris+=(--tracking-uri "sqlite:///$PWD/$db"); done

@@ -11,7 +11,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_benchmarks_md_is_rendered_from_the_json():
     # Fails on a hand edit of a rendered table, or a results file changed without `python bench/render.py`.
-    assert render.main(["--check"]) == 0, "BENCHMARKS.md is stale: run `python bench/render.py`"
+    assert render.main(["--check"]) == 0, "BENCHMARKS.md or README.md is stale: run `python bench/render.py`"
+
+
+def test_readme_repeats_the_experiment_tables_from_the_json():
+    # The README's curation-experiment tables are rendered too, not copied by hand.
+    readme = (ROOT / "README.md").read_text()
+    assert "<!-- render: experiment/results_gpu.json curation -->" in readme
+    assert "<!-- render: experiment/results_gpu.json peft -->" in readme
 
 
 def test_check_fails_on_a_hand_edited_figure_and_render_restores_it(tmp_path, capsys):
