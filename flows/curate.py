@@ -35,8 +35,8 @@ class CurateResult:
 @flow(name="curate", log_prints=True)
 def curate_flow(cfg: PipelineConfig) -> CurateResult:
     """Turn the configured sources into a deduplicated, filtered train/eval split, with a ledger per stage."""
-    log = get_run_logger()
     storage.configure(cfg.storage)  # an s3:// workdir's endpoint and scratch, for this process and its workers
+    log = get_run_logger()
     with mlflow_run(cfg, "curate"):
         ingested = ingest_task(cfg)
         exact = exact_dedup_task(ingested, cfg)

@@ -42,12 +42,12 @@ class TrainResult:
 @flow(name="train", log_prints=True)
 def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> TrainResult:
     """Train an adapter on the curated split (curating first, from cache when possible, if none is given)."""
-    log = get_run_logger()
     storage.configure(cfg.storage)
     # Stage outputs (tokenize included) go to the workdir, an s3:// one too; the base model, checkpoints and
     # the adapter stay on local disk (storage.local_workdir), and training reads the tokenized rows from this
     # machine's mirror of the tokenize stage (StageOutput.path).
     local = storage.with_local_workdir(cfg)
+    log = get_run_logger()
     with mlflow_run(cfg, "train") as run:
         if curated is None:
             curated = curate_flow(cfg)
