@@ -114,3 +114,13 @@ def test_preflight_of_a_remote_workdir_sweeps_its_scratch(s3, tmp_path, scratch)
                            "storage": {"scratch_dir": str(scratch)}})
     preflight(cfg, check_servers=False)
     assert not stale.exists() and keys(s3, "w4/") == []  # the probe object is gone too
+
+
+def test_an_endpoint_with_a_password_is_masked_where_the_config_is_shown(monkeypatch):
+    from schemas.storage import StorageConfig
+
+    cfg = StorageConfig(endpoint_url="http://minio:s3cr3t@127.0.0.1:9000")
+    assert "s3cr3t" not in cfg.model_dump_json() and "minio:***@" in cfg.model_dump_json()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://before")  # so the test undoes what configure sets
+    storage.configure(cfg)  # the process itself uses the real value
+    assert storage.endpoint_url() == "http://minio:s3cr3t@127.0.0.1:9000"
