@@ -20,6 +20,7 @@ import shutil
 import socket
 import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from schemas.base import URL_PASSWORD
+from schemas.base import URL_PASSWORD, redact_url_passwords
 
 OWNER_HOST_TAG = "peftpipe.host"
 OWNER_PID_TAG = "peftpipe.pid"
@@ -341,9 +342,33 @@ def is_disk_full(exc: BaseException) -> bool:
         isinstance(exc, OSError) and _SHORT_WRITE.search(str(exc)) is not None)
 
 
+_STORE_CLIENTS = ("s3fs", "botocore", "gcsfs", "adlfs")  # fsspec object-store clients and what they call
+
+
+def describe_store_error(exc: BaseException, workdir: str) -> str | None:
+    """For an object-store workdir: a clear message when the store itself refused or lost a request during
+    the run (the bucket deleted, the credentials revoked or expired, the endpoint gone); None otherwise. Told
+    apart from every other error by where it was raised: inside the store's client library."""
+    from tasks.core.storage import endpoint_url
+
+    if not isinstance(exc, (PermissionError, FileNotFoundError, ConnectionError, TimeoutError)):
+        return None
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not any(any(f"/{lib}/" in f.filename for lib in _STORE_CLIENTS) for f in frames):
+        return None
+    hint = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" if isinstance(exc, PermissionError) else \
+        f"check the bucket and the endpoint ({endpoint_url() or 'AWS'})"
+    return (f"the object store of workdir {redact_url_passwords(workdir)} failed: {type(exc).__name__}: "
+            f"{redact_url_passwords(str(exc))[:300]}. Finished stages are complete and kept there; the "
+            f"unfinished one has no _SUCCESS marker and is redone by the next run. Fix it ({hint}) and rerun.")
+
+
 def describe_storage_error(exc: BaseException, workdir: str | Path) -> str | None:
-    """A clear message for a write that failed because the workdir's disk is full, read-only or not ours;
-    None for any other error. pyarrow reports a full disk as 'N requested and M written', without an errno."""
+    """A clear message for a write that failed because the workdir's disk is full, read-only or not ours,
+    or because its object store failed (``describe_store_error``); None for any other error. pyarrow reports
+    a full disk as 'N requested and M written', without an errno."""
+    if "://" in str(workdir) and not str(workdir).startswith("file://"):
+        return describe_store_error(exc, str(workdir))
     err = getattr(exc, "errno", None)
     try:
         free_mb = shutil.disk_usage(workdir).free / 2**20

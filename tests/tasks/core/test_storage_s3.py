@@ -124,3 +124,28 @@ def test_an_endpoint_with_a_password_is_masked_where_the_config_is_shown(monkeyp
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://before")  # so the test undoes what configure sets
     storage.configure(cfg)  # the process itself uses the real value
     assert storage.endpoint_url() == "http://minio:s3cr3t@127.0.0.1:9000"
+
+
+def test_the_store_failing_during_a_stage_is_told_plainly(s3, monkeypatch):
+    """Credentials revoked while a stage runs: its upload fails inside s3fs, and the CLI's message (exit 4)
+    says so, names the workdir and what to check, and shows no secret."""
+    from tasks.core.recovery import describe_storage_error
+    from tests.tasks.core.s3server import clear_clients
+
+    def revoke_then_write(tmp):
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "revoked-" + s3.secret)
+        clear_clients()
+        return body([])(tmp)
+
+    workdir = f"s3://{BUCKET}/w5"
+    try:
+        with pytest.raises(PermissionError) as caught:
+            run_stage(workdir, "t", "k1", revoke_then_write)
+    finally:
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret)
+        clear_clients()
+    message = describe_storage_error(caught.value, workdir)
+    assert message.startswith(f"the object store of workdir {workdir} failed: PermissionError")
+    assert "AWS_SECRET_ACCESS_KEY" in message and s3.secret not in message
+    assert keys(s3, "w5/") == []  # nothing half-published
+    assert describe_storage_error(PermissionError("not the store"), workdir) is None  # raised elsewhere
