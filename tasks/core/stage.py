@@ -5,6 +5,9 @@ version; the code version is a hash of the source of the stage's package (``code
 code can never be served a stale output, and no constant has to be remembered. The stage writes into a temporary sibling and renames it into place only after ``stats.json`` and
 the ``_SUCCESS`` marker exist, so a killed run never leaves a partial directory that looks complete, and a
 rerun with the same inputs reuses the finished output (as datatrove's completion markers do).
+
+A workdir may be an object-store URL (``s3://bucket/prefix``, ``tasks.core.storage``): the stage then writes
+into local scratch and uploads the directory with the marker last, and readers take URLs as well as paths.
 """
 from __future__ import annotations
 
