@@ -40,6 +40,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _post(url: str, body: bytes) -> None:
+    urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST",
+                                                  headers={"Content-Type": "text/plain"}), timeout=30).close()
+
+
 def clear_clients() -> None:
     """Drop cached s3fs instances, so the next one reads the (changed) environment."""
     import s3fs
@@ -58,9 +63,11 @@ def s3_server(buckets: tuple[str, ...] = ()) -> Iterator[S3Server]:
     endpoint = f"http://127.0.0.1:{port}"
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()  # returns once the server's socket is listening
-    # The next 3 requests (making the user, its key and its policy) are not authenticated; every later one is.
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"3", method="POST",
-                                                  headers={"Content-Type": "text/plain"}))
+    # moto keeps its state per process, not per server: start from nothing (an earlier server's user and
+    # buckets would still be there). Then the next 3 requests (making the user, its key and its policy) are
+    # not authenticated; every later one is.
+    _post(f"{endpoint}/moto-api/reset", b"")
+    _post(f"{endpoint}/moto-api/reset-auth", b"3")
     iam = boto3.client("iam", endpoint_url=endpoint, aws_access_key_id="setup", aws_secret_access_key="setup",
                        region_name="us-east-1")
     iam.create_user(UserName="peftpipe")
@@ -78,6 +85,7 @@ def s3_server(buckets: tuple[str, ...] = ()) -> Iterator[S3Server]:
     try:
         yield s3
     finally:
+        _post(f"{endpoint}/moto-api/reset-auth", b"inf")  # authentication off again for this process
         server.stop()
         for k, v in saved.items():
             if v is None:
