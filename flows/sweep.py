@@ -32,21 +32,22 @@ from flows.curate import CurateResult, curate_flow
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from schemas.sweep import SweepConfig, Variant, curation_settings, expand_variants, reference_config
+from tasks.core.errors import train_eval_counts
 from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, digest
 from tasks.core.storage import local_workdir, with_local_workdir
 from tasks.evaluate.leakcheck import holdout_eval_sets_task
 from tasks.evaluate.preference import evaluate_preference_adapter
-from tasks.evaluate.report import log_task_results
 from tasks.evaluate.scoring import rank_value
 from tasks.evaluate.stage import evaluate_task
 from tasks.preference.tokenize import preference_tokenize_task
 from tasks.sweep.compare import VariantResult, publish_comparison, shared_eval_split_task
 from tasks.sweep.preference import shared_eval_pairs_task
+from tasks.sweep.variant import record_preference_variant, record_sft_variant
 from tasks.tokenize.stage import tokenize_task
 from tasks.track import runs as tracking
 from tasks.track.artifacts import publish_link
-from tasks.track.model_registry import BEST_ALIAS, log_adapter_model, model_id_of, register_with_alias
+from tasks.track.model_registry import BEST_ALIAS, register_with_alias
 from tasks.train.model import prepare_base_model_task
 from tasks.train.preference import preference_train_task
 from tasks.train.recipe import train_task
@@ -90,8 +91,7 @@ def curate_distinct(configs: list[PipelineConfig], sweep_name: str) -> dict[str,
                               tags={ROLE: "curation", "peftpipe.sweep": sweep_name, "peftpipe.curation": key[:8]}):
             mlflow.log_params(tracking.flatten(curation_settings(cfg)))
             curated[key] = curate_flow(cfg)
-        split = curated[key].split.ledger.extra  # records of a split, or pairs / examples of a preference stage
-        train, ev = ((split.get(k) or split.get(f"{k}_pairs") or split.get(f"{k}_examples") or 0) for k in ("train", "eval"))
+        train, ev = train_eval_counts(curated[key].split.ledger.extra)
         log.info("curation %s: %s train / %s eval", key[:8], train, ev)
     return curated
 
@@ -111,57 +111,22 @@ def run_variant(variant: Variant, curated: CurateResult, reference: StageOutput,
         tracking.log_ledger(stage)
     trained = train_task(tokenized, base, with_local_workdir(cfg), run_id)  # weights on local disk
     evaluation = evaluate_task(tokenized, base, Path(trained["adapter_dir"]), cfg, split, n_samples=sweep.samples)
-    records_kept = curated.split.ledger.kept
-    train_records = int(split.ledger.extra["train"])
-    metrics = {**trained, **evaluation}
-    final = {"eval_loss": evaluation["adapter_eval_loss"], "perplexity": evaluation["adapter_perplexity"],
-             "base_eval_loss": evaluation["base_eval_loss"], "base_perplexity": evaluation["base_perplexity"],
-             "eval_loss_delta": evaluation["eval_loss_delta"], "records_kept": records_kept,
-             "train_records": train_records, "eval_records": int(split.ledger.extra["eval"]),
-             "train_loss": trained["train_loss"], "tokens": trained["tokens"],
-             "max_abs_logit_diff": evaluation["max_abs_logit_diff"],
-             "task_score": rank_value(evaluation.get("task") or [], cfg.evaluate.rank_metric)}
-    # Logged at the last step so these, not the per-step training history, are what the compare view shows.
-    mlflow.log_metrics({k: float(v) for k, v in final.items() if v == v}, step=int(trained["steps"]))
-    if evaluation["samples"]:
-        samples = evaluation["samples"]
-        mlflow.log_table({k: [s[k] for s in samples] for k in ("prompt", "base", "adapter")},
-                         artifact_file="samples.json")
-    mlflow.log_artifacts(trained["adapter_dir"], artifact_path="adapter")
-    # A logged (not yet registered) model per variant, so its task metrics rank it on the Models page too.
-    model_uri = log_adapter_model(Path(trained["adapter_dir"]), base, cfg, register=False)
-    log_task_results(evaluation, cfg.name, model_id_of(model_uri), step=int(trained["steps"]),
-                     table_rows=cfg.evaluate.table_rows)
-    return VariantResult(variant.name, variant.overrides, run_id, curated.split.key[:8], records_kept,
-                         train_records, metrics, evaluation["samples"], cfg.adapter.method, model_uri)
+    return record_sft_variant(variant.name, variant.overrides, cfg, run_id, base, curated.split, split, trained,
+                              evaluation)
 
 
 def run_preference_variant(variant: Variant, curated: CurateResult, reference: StageOutput, base: str,
                            run_id: str) -> VariantResult:
-    """A DPO / KTO variant: its training pairs, the reference's held-out pairs (tasks.sweep.preference); ranked
-    by the objective's loss on those, beside its value at the base (``base_eval_loss``)."""
+    """A DPO / KTO variant: its training pairs beside the reference's held-out pairs (tasks.sweep.preference)."""
     cfg = variant.config
     pairs = shared_eval_pairs_task(curated.split, reference, cfg.train.objective, cfg.workdir)
     tokenized = preference_tokenize_task(pairs, base, cfg)
     for stage in (pairs, tokenized):
         tracking.log_ledger(stage)
     trained = preference_train_task(tokenized, base, with_local_workdir(cfg), run_id)
-    ev = evaluate_preference_adapter(tokenized.path, base, Path(trained["adapter_dir"]), cfg)
-    metrics = {**trained, **ev, "adapter_eval_loss": ev.get("pref_eval_loss"),
-               "base_eval_loss": ev.get("pref_base_eval_loss"),
-               "eval_loss_delta": ev.get("pref_eval_loss", float("nan")) - ev.get("pref_base_eval_loss", float("nan"))}
-    records_kept, train_pairs = curated.split.ledger.kept, int(pairs.ledger.extra["train"])
-    final = {"eval_loss": metrics["adapter_eval_loss"], "base_eval_loss": metrics["base_eval_loss"],
-             "eval_loss_delta": metrics["eval_loss_delta"], "records_kept": records_kept,
-             "train_pairs": train_pairs, "eval_pairs": int(pairs.ledger.extra["eval"]),
-             "train_loss": trained["train_loss"], "tokens": trained["tokens"],
-             **{k: v for k, v in ev.items() if k in ("pref_reward_accuracy", "pref_mean_margin",
-                                                     "pref_adapter_prefers_chosen", "pref_base_prefers_chosen")}}
-    mlflow.log_metrics({k: float(v) for k, v in final.items() if v is not None}, step=int(trained["steps"]))
-    mlflow.log_artifacts(trained["adapter_dir"], artifact_path="adapter")
-    model_uri = log_adapter_model(Path(trained["adapter_dir"]), base, cfg, register=False)  # 'best' may pick it
-    return VariantResult(variant.name, variant.overrides, run_id, curated.split.key[:8], records_kept, train_pairs,
-                         metrics, [], cfg.adapter.method, model_uri)
+    evaluation = evaluate_preference_adapter(tokenized.path, base, Path(trained["adapter_dir"]), cfg)
+    return record_preference_variant(variant.name, variant.overrides, cfg, run_id, base, curated.split, pairs,
+                                     trained, evaluation)
 
 
 @flow(name="sweep", log_prints=True)
@@ -178,8 +143,7 @@ def sweep_flow(sweep: SweepConfig) -> SweepResult:
 
         curated = curate_distinct([ref] + [v.config for v in variants], sweep.name)
         reference = curated[curation_key(ref)].split
-        extra = reference.ledger.extra  # a split's eval records, or a preference stage's held-out pairs
-        shared = extra.get("eval", extra.get("eval_pairs", extra.get("eval_examples", 0)))
+        _, shared = train_eval_counts(reference.ledger.extra)
         mlflow.log_metrics({"curations": float(len(curated)), "shared_eval_records": float(shared)})
         base = prepare_base_model_task(with_local_workdir(ref), reference)
 

@@ -75,11 +75,22 @@ def quiet_tracebacks(debug: bool = False) -> None:
 TRAIN_EVAL_KEYS = (("train", "eval"), ("train_pairs", "eval_pairs"), ("train_examples", "eval_examples"))
 
 
+def train_eval_keys(extra: dict) -> tuple[str, str]:
+    """The names under which the last curation stage's ledger extras count training and held-out items."""
+    return next(((t, e) for t, e in TRAIN_EVAL_KEYS if t in extra), TRAIN_EVAL_KEYS[0])
+
+
+def train_eval_counts(extra: dict) -> tuple[int, int]:
+    """(training, held-out) items of the last curation stage's ledger extras, whichever kind it counts."""
+    train_key, eval_key = train_eval_keys(extra)
+    return int(extra.get(train_key, 0) or 0), int(extra.get(eval_key, 0) or 0)
+
+
 def require_train_records(stages: list) -> None:
     """NothingToTrainError unless the last curation stage (split, or preference) holds training items; the
     message carries every stage's counts per reason, so it says where the records went."""
     extra = stages[-1].ledger.extra
-    train_key, eval_key = next(((t, e) for t, e in TRAIN_EVAL_KEYS if t in extra), TRAIN_EVAL_KEYS[0])
+    train_key, eval_key = train_eval_keys(extra)
     if not extra.get(train_key, 0):
         funnel = funnel_text({s.name: s.ledger.to_dict() for s in stages})
         raise NothingToTrainError(f"nothing left to train on: nothing reached training in {stages[-1].name} "
