@@ -13,7 +13,6 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 from schemas.pipeline import ConfigError, PipelineConfig, load_config
 
@@ -76,8 +75,9 @@ def _use_temporary_server(cfg: PipelineConfig) -> None:
     if prefect_api_url():  # the active Prefect profile names a server
         return
     from tasks.core.ephemeral import start_temporary_server
+    from tasks.core.storage import local_workdir
 
-    server = start_temporary_server(Path(cfg.workdir) / "logs")
+    server = start_temporary_server(local_workdir(cfg.workdir) / "logs")  # on local disk, even for s3://
     if server is not None:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -95,7 +95,7 @@ def _run_flow(kind: str, cfg: PipelineConfig) -> int:
         result = on_runner(curate_flow, cfg.runner)(cfg)
         split = result.split.ledger.extra
         print(f"\ncurated: {split.get('train', 0)} train / {split.get('eval', 0)} eval records "
-              f"in {result.split.path}")
+              f"in {result.split.url}")
         return 0
     from flows.pipeline import pipeline_flow
     from flows.runners import on_runner

@@ -129,7 +129,7 @@ def curate_deployment(config: str = DEFAULT_CONFIG, overrides: list[str] | None 
     announced = announce_dataset(cfg.name, result.digests, config, overrides)
     get_run_logger().info("dataset digest %s: %s", dataset_digest(result.digests),
                           "new, announced" if announced else "unchanged, no training triggered")
-    return {"digests": result.digests, "announced": announced, "split": str(result.split.path)}
+    return {"digests": result.digests, "announced": announced, "split": result.split.url}
 
 
 @flow(name="peftpipe-train", log_prints=True)
