@@ -429,6 +429,22 @@ def dedup_scale(docs: list[Any], view: str) -> list[str]:
     raise ValueError(f"dedup/scale_results.json: unknown view {view!r} (settings, runners)")
 
 
+# ---- curation on a task runner -------------------------------------------------------------------------
+
+CURATION_RUNNERS = {"processes": "Prefect process pool, 2 workers (`runner.kind: processes`)",
+                    "ray": "local Ray, 2 workers (`runner.kind: ray`)",
+                    "local": "in-stage pools (`runner.kind: local`)"}
+
+
+def curation_runners(docs: list[Any]) -> list[str]:
+    """bench/curation/runners.py: ingest -> exact -> near dedup -> filters per runner, same run, same files."""
+    d = docs[0]
+    same = "yes" if d["same_outputs"] else "**no**"
+    return table(["runner", "wall s (flow s)", "records/s", "peak RSS (process tree)", "same files"],
+                 [[CURATION_RUNNERS.get(r["runner"], r["runner"]), f"{num(r['wall_s'])} ({num(r['flow_s'])})",
+                   num(d["records"] / r["wall_s"]), f"{num(r['peak_rss_gb'], 2)} GB", same] for r in d["rows"]])
+
+
 # ---- the curation experiment (bench/experiment/report.py formats its own tables: one formatter) ------------
 
 def experiment(docs: list[Any], view: str) -> list[str]:
@@ -460,6 +476,7 @@ TABLES: dict[str, Callable[..., list[str]]] = {
     "dedup/scale_results.json": dedup_scale,
     "experiment/results_gpu.json": experiment,
     "train/speed_results_8b.json": train_8b,
+    "curation/results.json": curation_runners,
 }
 
 

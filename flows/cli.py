@@ -13,7 +13,6 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 from schemas.pipeline import ConfigError, PipelineConfig, load_config
 
@@ -76,8 +75,9 @@ def _use_temporary_server(cfg: PipelineConfig) -> None:
     if prefect_api_url():  # the active Prefect profile names a server
         return
     from tasks.core.ephemeral import start_temporary_server
+    from tasks.core.storage import local_workdir
 
-    server = start_temporary_server(Path(cfg.workdir) / "logs")
+    server = start_temporary_server(local_workdir(cfg.workdir) / "logs")  # on local disk, even for s3://
     if server is not None:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -91,14 +91,16 @@ def _use_temporary_server(cfg: PipelineConfig) -> None:
 def _run_flow(kind: str, cfg: PipelineConfig) -> int:
     if kind == "curate":
         from flows.curate import curate_flow
-        result = curate_flow(cfg)
+        from flows.runners import on_runner
+        result = on_runner(curate_flow, cfg.runner)(cfg)
         split = result.split.ledger.extra
         print(f"\ncurated: {split.get('train', 0)} train / {split.get('eval', 0)} eval records "
-              f"in {result.split.path}")
+              f"in {result.split.url}")
         return 0
     from flows.pipeline import pipeline_flow
+    from flows.runners import on_runner
     from flows.train import train_flow
-    result = (pipeline_flow if kind == "run" else train_flow)(cfg)
+    result = pipeline_flow(cfg) if kind == "run" else on_runner(train_flow, cfg.runner)(cfg)
     print(f"\nadapter:    {result.adapter_dir.resolve()}")
     print(f"MLflow run: {result.run_id} ({cfg.tracking.tracking_uri}, experiment {cfg.tracking.experiment!r})")
     print(f"            {result.run_url}  (start the UI with `make ui`)")

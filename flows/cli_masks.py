@@ -43,9 +43,10 @@ def load_configured_tokenizer(cfg, corpus: Path):
 
     base = cfg.model.name_or_path
     if base == "tiny-llama":  # tasks.train.model.TINY, not imported: that module loads torch
+        from tasks.core.storage import local_workdir
         from tasks.train.model import prepare_base_model
 
-        base = prepare_base_model(cfg.model, Path(cfg.workdir), corpus)
+        base = prepare_base_model(cfg.model, local_workdir(cfg.workdir), corpus)
     return load_tokenizer(base, cfg.model.revision, cfg.model.trust_remote_code, cfg.tokenize.chat_template)
 
 

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
 
+from flows.runners import worker_api_url
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
+from tasks.core import storage
 from tasks.core.errors import require_train_records
 from tasks.core.stage import StageOutput
 from tasks.dedup.report import report_publication as dedup_publication
@@ -34,8 +36,9 @@ class CurateResult:
 @flow(name="curate", log_prints=True)
 def curate_flow(cfg: PipelineConfig) -> CurateResult:
     """Turn the configured sources into a deduplicated, filtered train/eval split, with a ledger per stage."""
+    storage.configure(cfg.storage)  # an s3:// workdir's endpoint and scratch, for this process and its workers
     log = get_run_logger()
-    with mlflow_run(cfg, "curate"):
+    with mlflow_run(cfg, "curate"), worker_api_url(cfg.runner):
         ingested = ingest_task(cfg)
         exact = exact_dedup_task(ingested, cfg)
         near = near_dedup_task(exact, cfg)

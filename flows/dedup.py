@@ -6,29 +6,20 @@ partition or verify block, so the Prefect UI shows each shard's work and its ret
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task, unmapped
+from prefect import flow
 
+from flows.runners import shared_api_url, task_runner
 from schemas.dedup import DedupConfig
+from tasks.core.shards import runner_map
 from tasks.dedup.steps import dedup_dir
 
 
-@task(name="dedup-shard-step")
-def run_step(fn: Callable[[Any], Any], item: Any) -> Any:
-    """One shard-level step (sketch a unit, bucket a partition, verify a block, write a unit)."""
-    return fn(item)
-
-
-def prefect_map(fn: Callable[[Any], Any], items: list) -> list:
+def prefect_map(fn: Any, items: list) -> list:
     """A Mapper that submits one Prefect task per item to the current flow's task runner."""
-    if not items:
-        return []
-    return run_step.map(unmapped(fn), items).result()
+    return runner_map(fn, items, "dedup-shard-step")
 
 
 @flow(name="dedup", log_prints=True)
@@ -43,40 +34,6 @@ def dedup_flow(inputs: list[str], out: str, cfg: DedupConfig, text_field: str | 
         from tasks.dedup.report import publish_artifacts
         publish_artifacts(Path(out), "near_dedup")
     return stats
-
-
-@contextmanager
-def shared_api_url() -> Iterator[None]:
-    """Point spawned task-runner workers at this run's API server, for the duration of the block.
-
-    Without an explicit PREFECT_API_URL, each process-pool worker (a fresh interpreter) would start a
-    temporary server of its own: seconds per worker, and task runs that the parent's UI never sees.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        yield
-        return
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        os.environ["PREFECT_API_URL"] = str(client.api_url)
-    try:
-        yield
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-
-
-def task_runner(kind: str, workers: int, ray_address: str | None = None) -> Any:
-    """The task runner for ``kind``: 'processes' (Prefect's process pool) or 'ray' (prefect-ray)."""
-    if kind == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError as exc:
-            raise RuntimeError("the ray runner needs prefect-ray: pip install prefect-ray 'ray[default]'") from exc
-        # a local cluster: no dashboard (it slows the start on small machines), as many CPUs as workers
-        init = {"num_cpus": workers, "include_dashboard": False} if ray_address is None else {}
-        return RayTaskRunner(address=ray_address, init_kwargs=init)
-    from prefect.task_runners import ProcessPoolTaskRunner
-    return ProcessPoolTaskRunner(max_workers=workers)
 
 
 def run_dedup_flow(runner: str, workers: int, ray_address: str | None = None, **kwargs: Any) -> dict[str, Any]:

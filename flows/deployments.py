@@ -1,7 +1,8 @@
 """Entry flows of the deployments in ``prefect.yaml``: curate (nightly), train (GPU pool) and pipeline (ad hoc).
 
-Each takes a config *file* (default ``configs/sample.yaml``), ``section.key=value`` overrides, and optionally
-a whole ``PipelineConfig`` (which the Prefect UI renders as a form); it validates the config before any work
+Each takes a config *file* (default ``configs/sample.yaml``), ``section.key=value`` overrides, optionally
+a whole ``PipelineConfig`` (which the Prefect UI renders as a form), and the task runner of the shard work
+(``runner``: local | processes | ray, ``ray_address``; None keeps the config's ``runner`` section); it validates the config before any work
 and runs the real ``curate`` / ``train`` flows as subflows. Two pieces of orchestration live here and not in
 the plain flows, because they only mean something when a Prefect server is there:
 
@@ -22,7 +23,7 @@ import os
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
@@ -30,9 +31,10 @@ from prefect.events import emit_event
 from prefect.variables import Variable
 
 from flows.curate import CurateResult, curate_flow
+from flows.runners import on_runner
 from flows.tracked import mlflow_run
 from flows.train import TrainResult, train_flow
-from schemas.pipeline import PipelineConfig, load_config
+from schemas.pipeline import PipelineConfig, load_config, validate_config
 
 DEFAULT_CONFIG = "configs/sample.yaml"
 GPU_LIMIT = "gpu"  # the global concurrency limit's name; one slot per GPU of the node
@@ -53,12 +55,24 @@ def start_checks(cfg: PipelineConfig) -> None:
 
 
 def resolve_config(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
-                   cfg: PipelineConfig | None = None) -> PipelineConfig:
-    """The run's config: ``cfg`` as given, else the file with ``$PEFTPIPE_SET`` and then ``overrides`` applied."""
-    if cfg is not None:
+                   cfg: PipelineConfig | None = None, runner: str | None = None,
+                   ray_address: str | None = None) -> PipelineConfig:
+    """The run's config: ``cfg`` as given, else the file with ``$PEFTPIPE_SET`` and then ``overrides`` applied;
+    then ``runner`` / ``ray_address``, where given, replace the config's ``runner.kind`` / ``runner.ray_address``."""
+    if cfg is None:
+        env = shlex.split(os.environ.get(ENV_OVERRIDES, ""))
+        cfg = load_config(config, [*env, *(overrides or [])])
+    return with_runner(cfg, runner, ray_address)
+
+
+def with_runner(cfg: PipelineConfig, runner: str | None, ray_address: str | None) -> PipelineConfig:
+    """``cfg`` with the deployment's runner parameters applied (validated like any config value)."""
+    if runner is None and ray_address is None:
         return cfg
-    env = shlex.split(os.environ.get(ENV_OVERRIDES, ""))
-    return load_config(config, [*env, *(overrides or [])])
+    section = cfg.runner.model_dump()
+    section.update({k: v for k, v in (("kind", runner), ("ray_address", ray_address)) if v is not None})
+    data = cfg.model_dump(mode="json", context={"include_secrets": True})
+    return validate_config({**data, "runner": section})
 
 
 def gpu_slots(cfg: PipelineConfig) -> int:
@@ -113,36 +127,39 @@ def summary(result: TrainResult) -> dict[str, Any]:
 
 @flow(name="peftpipe-curate", log_prints=True)
 def curate_deployment(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
-                      cfg: PipelineConfig | None = None) -> dict[str, Any]:
+                      cfg: PipelineConfig | None = None, runner: Literal["local", "processes", "ray"] | None = None,
+                      ray_address: str | None = None) -> dict[str, Any]:
     """Curate the configured sources; announce the dataset when its digest is new (that starts training)."""
     overrides = list(overrides or [])
-    cfg = resolve_config(config, overrides, cfg)
+    cfg = resolve_config(config, overrides, cfg, runner, ray_address)
     start_checks(cfg)
-    result: CurateResult = curate_flow(cfg)
+    result: CurateResult = on_runner(curate_flow, cfg.runner)(cfg)
     announced = announce_dataset(cfg.name, result.digests, config, overrides)
     get_run_logger().info("dataset digest %s: %s", dataset_digest(result.digests),
                           "new, announced" if announced else "unchanged, no training triggered")
-    return {"digests": result.digests, "announced": announced, "split": str(result.split.path)}
+    return {"digests": result.digests, "announced": announced, "split": result.split.url}
 
 
 @flow(name="peftpipe-train", log_prints=True)
 def train_deployment(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
-                     cfg: PipelineConfig | None = None) -> dict[str, Any]:
+                     cfg: PipelineConfig | None = None, runner: Literal["local", "processes", "ray"] | None = None,
+                     ray_address: str | None = None) -> dict[str, Any]:
     """Train an adapter on the curated data (curation is reused from its stage cache), one training per GPU."""
-    cfg = resolve_config(config, overrides, cfg)
+    cfg = resolve_config(config, overrides, cfg, runner, ray_address)
     start_checks(cfg)
     with gpu_slot(occupy=gpu_slots(cfg)):
-        return summary(train_flow(cfg))
+        return summary(on_runner(train_flow, cfg.runner)(cfg))
 
 
 @flow(name="peftpipe-pipeline", log_prints=True)
 def pipeline_deployment(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
-                        cfg: PipelineConfig | None = None) -> dict[str, Any]:
+                        cfg: PipelineConfig | None = None, runner: Literal["local", "processes", "ray"] | None = None,
+                        ray_address: str | None = None) -> dict[str, Any]:
     """Curate, then train, in one MLflow run; the GPU slot is held for training only, not for curation."""
-    cfg = resolve_config(config, overrides, cfg)
+    cfg = resolve_config(config, overrides, cfg, runner, ray_address)
     start_checks(cfg)
     # The same composition as flows.pipeline.pipeline_flow, with the GPU slot around the training half.
     with mlflow_run(cfg, "pipeline"):
-        curated = curate_flow(cfg)
+        curated = on_runner(curate_flow, cfg.runner)(cfg)
         with gpu_slot(occupy=gpu_slots(cfg)):
-            return summary(train_flow(cfg, curated))
+            return summary(on_runner(train_flow, cfg.runner)(cfg, curated))

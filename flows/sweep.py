@@ -29,12 +29,14 @@ import mlflow
 from prefect import flow, get_run_logger
 
 from flows.curate import CurateResult, curate_flow
+from flows.runners import on_runner
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from schemas.sweep import SweepConfig, Variant, curation_settings, expand_variants, reference_config
 from tasks.core.errors import train_eval_counts
 from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, digest
+from tasks.core.storage import local_workdir, with_local_workdir
 from tasks.evaluate.leakcheck import holdout_eval_sets_task
 from tasks.evaluate.preference import evaluate_preference_adapter
 from tasks.evaluate.scoring import rank_value
@@ -89,7 +91,7 @@ def curate_distinct(configs: list[PipelineConfig], sweep_name: str) -> dict[str,
         with mlflow.start_run(run_name=f"{sweep_name}/curate-{key[:8]}", nested=True,
                               tags={ROLE: "curation", "peftpipe.sweep": sweep_name, "peftpipe.curation": key[:8]}):
             mlflow.log_params(tracking.flatten(curation_settings(cfg)))
-            curated[key] = curate_flow(cfg)
+            curated[key] = on_runner(curate_flow, cfg.runner)(cfg)
         train, ev = train_eval_counts(curated[key].split.ledger.extra)
         log.info("curation %s: %s train / %s eval", key[:8], train, ev)
     return curated
@@ -108,7 +110,7 @@ def run_variant(variant: Variant, curated: CurateResult, reference: StageOutput,
     tokenized = tokenize_task(split, base, cfg)
     for stage in dict.fromkeys((shared, split, tokenized)):
         tracking.log_ledger(stage)
-    trained = train_task(tokenized, base, cfg, run_id)
+    trained = train_task(tokenized, base, with_local_workdir(cfg), run_id)  # weights on local disk
     evaluation = evaluate_task(tokenized, base, Path(trained["adapter_dir"]), cfg, split, n_samples=sweep.samples)
     return record_sft_variant(variant.name, variant.overrides, cfg, run_id, base, curated.split, split, trained,
                               evaluation)
@@ -122,7 +124,7 @@ def run_preference_variant(variant: Variant, curated: CurateResult, reference: S
     tokenized = preference_tokenize_task(pairs, base, cfg)
     for stage in (pairs, tokenized):
         tracking.log_ledger(stage)
-    trained = preference_train_task(tokenized, base, cfg, run_id)
+    trained = preference_train_task(tokenized, base, with_local_workdir(cfg), run_id)
     evaluation = evaluate_preference_adapter(tokenized.path, base, Path(trained["adapter_dir"]), cfg)
     return record_preference_variant(variant.name, variant.overrides, cfg, run_id, base, curated.split, pairs,
                                      trained, evaluation)
@@ -144,7 +146,7 @@ def sweep_flow(sweep: SweepConfig) -> SweepResult:
         reference = curated[curation_key(ref)].split
         _, shared = train_eval_counts(reference.ledger.extra)
         mlflow.log_metrics({"curations": float(len(curated)), "shared_eval_records": float(shared)})
-        base = prepare_base_model_task(ref, reference)
+        base = prepare_base_model_task(with_local_workdir(ref), reference)
 
         results: list[VariantResult] = []
         failed: list[str] = []
@@ -172,7 +174,7 @@ def sweep_flow(sweep: SweepConfig) -> SweepResult:
                      result.records_kept)
             pause_point("sweep.variant-done", variant=variant.name)  # test only: between two variants
 
-        out_dir = Path(ref.workdir) / "sweeps" / f"{sweep.name}-{parent_id[:8]}"
+        out_dir = local_workdir(ref.workdir) / "sweeps" / f"{sweep.name}-{parent_id[:8]}"  # local, even for s3://
         rows = publish_comparison(results, out_dir, sweep.name, ref.evaluate.rank_metric)
         best_version = register_best(rows, failed, ref, sweep.name)
         url = tracking.run_url(parent, ref.tracking.tracking_uri)

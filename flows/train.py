@@ -12,8 +12,10 @@ import mlflow
 from prefect import flow, get_run_logger
 
 from flows.curate import CurateResult, curate_flow
+from flows.runners import on_runner, worker_api_url
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
+from tasks.core import storage
 from tasks.core.errors import require_tokenized
 from tasks.evaluate.leakcheck import holdout_eval_sets_task
 from tasks.evaluate.preference import preference_evaluate_task
@@ -41,20 +43,25 @@ class TrainResult:
 @flow(name="train", log_prints=True)
 def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> TrainResult:
     """Train an adapter on the curated split (curating first, from cache when possible, if none is given)."""
+    storage.configure(cfg.storage)
+    # Stage outputs (tokenize included) go to the workdir, an s3:// one too; the base model, checkpoints and
+    # the adapter stay on local disk (storage.local_workdir), and training reads the tokenized rows from this
+    # machine's mirror of the tokenize stage (StageOutput.path).
+    local = storage.with_local_workdir(cfg)
     log = get_run_logger()
-    with mlflow_run(cfg, "train") as run:
+    with mlflow_run(cfg, "train") as run, worker_api_url(cfg.runner):
         if curated is None:
-            curated = curate_flow(cfg)
+            curated = on_runner(curate_flow, cfg.runner)(cfg)
         if cfg.train.objective == "sft":
             split = holdout_eval_sets_task(curated.split, cfg)  # separate eval sets never reach training
             if split.key != curated.split.key:
                 tracking.log_ledger(split)
-            base = prepare_base_model_task(cfg, split)
+            base = prepare_base_model_task(local, split)
             tokenized = tokenize_task(split, base, cfg)  # NothingToTrainError when it rejected every record
             require_tokenized(tokenized, cfg.split.eval_fraction)  # before any training time is spent
             tracking.log_ledger(tokenized)
             tracking.log_tokenized_dataset(tokenized, cfg.name)
-            trained = train_task(tokenized, base, cfg, run.info.run_id)
+            trained = train_task(tokenized, base, local, run.info.run_id)
             adapter_dir = Path(trained["adapter_dir"])
             if cfg.train.node_rank > 0:  # multi-node: node 0's run evaluates, logs and registers the adapter
                 log.info("node %d of %d: training done; node 0 evaluates and registers", cfg.train.node_rank,
@@ -62,10 +69,10 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
                 return TrainResult(adapter_dir, run.info.run_id, "", None, trained)
             evaluation = evaluate_task(tokenized, base, adapter_dir, cfg, split)
         else:
-            base = prepare_base_model_task(cfg, curated.split)
+            base = prepare_base_model_task(local, curated.split)
             tokenized = preference_tokenize_task(curated.split, base, cfg)
             tracking.log_ledger(tokenized)
-            trained = preference_train_task(tokenized, base, cfg, run.info.run_id)
+            trained = preference_train_task(tokenized, base, local, run.info.run_id)
             adapter_dir = Path(trained["adapter_dir"])
             if cfg.train.node_rank > 0:
                 return TrainResult(adapter_dir, run.info.run_id, "", None, trained)

@@ -16,6 +16,8 @@ from schemas.evaluate import EvalConfig
 from schemas.filters import FilterConfig, SplitConfig
 from schemas.ingest import IngestConfig
 from schemas.preference import PreferenceConfig
+from schemas.runner import RunnerConfig
+from schemas.storage import StorageConfig
 from schemas.tokenize import TokenizeConfig
 from schemas.tracking import TrackingConfig
 from schemas.train import AdapterConfig, ModelConfig, TrainConfig
@@ -23,7 +25,11 @@ from schemas.train import AdapterConfig, ModelConfig, TrainConfig
 
 class PipelineConfig(StrictModel):
     name: str = Field("sample", description="Name of this config; names the MLflow run and registered model.")
-    workdir: str = Field("work", description="Where stage outputs, models and adapters are written.")
+    workdir: str = Field("work", description=(
+        "Where stage outputs, models and adapters are written: a local directory, or an object store URL "
+        "(s3://bucket/prefix) for the stage outputs, with models and adapters on local disk (storage)."))
+    storage: StorageConfig = Field(default_factory=StorageConfig, description=(
+        "Endpoint and local scratch for an object-store workdir (workdir: s3://...)."))
     ingest: IngestConfig
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
@@ -36,6 +42,8 @@ class PipelineConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description=(
+        "Where the curation stages' and tokenize's shard-level work runs: local, processes or ray."))
 
 
 class ConfigError(ValueError):

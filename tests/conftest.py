@@ -21,6 +21,19 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs, no dashboard) for the whole session; prefect-ray's RayTaskRunner joins
+    it instead of starting its own. Ray's node start has a fixed 30 s wait that fails under heavy load, so it
+    starts once."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("prefect_ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, namespace="prefect")
+    yield ray
+    ray.shutdown()
+
+
 # --------------------------------------------------------------------------- no silent skips in CI
 # A test that needs a server, a browser or a database skips where it is missing, with its reason printed
 # (addopts has -ra). Under CI=true that skip fails the run instead, naming what is missing: a CI machine

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import glob
 import os
+import posixpath
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
+
+from schemas.base import redact_url_passwords
+from tasks.core import storage
 
 
 def _timed(fn: Any, timeout: float) -> tuple[bool, Any]:
@@ -45,8 +50,6 @@ def _local(key: str, path: str) -> str | None:
 
 
 def _url(key: str, url: str, timeout: float) -> str | None:
-    import fsspec
-
     if url.startswith(("http://", "https://")):
         def head() -> int:
             req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "peftpipe-preflight"})
@@ -62,11 +65,12 @@ def _url(key: str, url: str, timeout: float) -> str | None:
             return None
         return None if status < 400 else f"{key}: {url} answers HTTP {status}"
     try:
-        fs, root = fsspec.core.url_to_fs(url)
+        fs, root = storage.filesystem(url)
     except ImportError as exc:  # s3:// without s3fs, gs:// without gcsfs, ...
         return f"{key}: {url} needs a package that is not installed: {exc}"
     except Exception as exc:  # noqa: BLE001 - an unknown protocol, bad credentials, ...
         return f"{key}: {url} cannot be opened ({type(exc).__name__}: {exc})"
+    fs.invalidate_cache()
     done, found = _timed(lambda: fs.glob(root) if any(c in root for c in "*?[") else fs.exists(root), timeout)
     if not done or isinstance(found, BaseException):
         return f"{key}: {url} cannot be reached ({type(found).__name__}: {found})"
@@ -145,3 +149,39 @@ def check_config_paths(cfg: Any, timeout: float = 5.0) -> list[str]:
     if problem := _model(cfg):
         problems.append(problem)
     return problems
+
+
+def check_store(location: str, what: str, timeout: float = 10.0) -> str | None:
+    """None when ``location`` can be written (a probe object is written and deleted), else one line naming
+    what is wrong: the package to install, a bucket that does not exist, credentials refused, no answer."""
+    shown = redact_url_passwords(location)
+    try:
+        fs, root = storage.filesystem(location)
+    except ImportError as exc:
+        return f"{what} {shown} needs a package that is not installed ({exc}); pip install s3fs"
+    except Exception as exc:  # noqa: BLE001 - an unknown protocol, a malformed URL
+        return f"{what} {shown} cannot be opened ({type(exc).__name__}: {redact_url_passwords(str(exc))})"
+    bucket = root.split("/", 1)[0]
+    probe = posixpath.join(root, f".peftpipe-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+    def write_probe() -> None:
+        # A write first: s3fs's exists() answers False, not an error, to a refused signature.
+        try:
+            fs.pipe_file(probe, b"x")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"bucket {bucket!r} does not exist") from None
+        fs.rm_file(probe)
+
+    done, result = _timed(write_probe, timeout)
+    if done and not isinstance(result, BaseException):
+        return None
+    if not done:
+        return f"{what} {shown}: the object store did not answer within {timeout:g} s (endpoint: " \
+               f"{storage.endpoint_url() or 'AWS default'}; AWS_ENDPOINT_URL or storage.endpoint_url)"
+    if isinstance(result, PermissionError):
+        why = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy"
+    elif isinstance(result, FileNotFoundError):
+        why = f"{result}; create it first"
+    else:
+        why = f"{type(result).__name__}: {redact_url_passwords(str(result))[:300]}"
+    return f"{what} {shown} cannot be written ({why})"

@@ -20,6 +20,7 @@ import shutil
 import socket
 import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from schemas.base import URL_PASSWORD
+from schemas.base import URL_PASSWORD, redact_url_passwords
 
 OWNER_HOST_TAG = "peftpipe.host"
 OWNER_PID_TAG = "peftpipe.pid"
@@ -294,15 +295,23 @@ def preflight(cfg: Any, check_servers: bool = True) -> None:
     (environment): PEFTPIPE_PREFLIGHT_TIMEOUT seconds per request (5), PEFTPIPE_PREFLIGHT_ATTEMPTS (2, with
     1 s, 2 s... between them), PEFTPIPE_MIN_FREE_MB free space in the workdir (256).
     """
-    from tasks.core.paths import check_config_paths
+    from tasks.core import storage
+    from tasks.core.paths import check_config_paths, check_store
 
     timeout = float(os.environ.get("PEFTPIPE_PREFLIGHT_TIMEOUT", "5"))
     attempts = max(1, int(os.environ.get("PEFTPIPE_PREFLIGHT_ATTEMPTS", "2")))
     min_free = float(os.environ.get("PEFTPIPE_MIN_FREE_MB", "256"))
-    if removed := sweep_stale_tmp(cfg.workdir):
+    storage.configure(cfg.storage)
+    remote = storage.is_remote(cfg.workdir)
+    # A remote workdir's temporary directories are in the local scratch (tasks.core.storage)
+    if removed := sweep_stale_tmp(storage.scratch_root() if remote else cfg.workdir):
         logging.getLogger(__name__).info("removed %d temporary directories of killed runs", len(removed))
     problems = check_config_paths(cfg, timeout)
-    checks = [lambda: check_writable_dir(cfg.workdir, "workdir", min_free)]
+    if remote and (problem := check_store(cfg.workdir, "workdir", timeout * 2)):
+        problems.append(problem)
+    local = storage.local_workdir(cfg.workdir)  # models, adapters, logs; a remote workdir's scratch
+    checks = [lambda: check_writable_dir(local, "local scratch (storage.scratch_dir)" if remote else "workdir",
+                                         min_free)]
     if check_servers:
         checks += [lambda: check_tracking(cfg.tracking.tracking_uri, timeout, attempts),
                    lambda: check_prefect(timeout, attempts)]
@@ -333,9 +342,33 @@ def is_disk_full(exc: BaseException) -> bool:
         isinstance(exc, OSError) and _SHORT_WRITE.search(str(exc)) is not None)
 
 
+_STORE_CLIENTS = ("s3fs", "botocore", "gcsfs", "adlfs")  # fsspec object-store clients and what they call
+
+
+def describe_store_error(exc: BaseException, workdir: str) -> str | None:
+    """For an object-store workdir: a clear message when the store itself refused or lost a request during
+    the run (the bucket deleted, the credentials revoked or expired, the endpoint gone); None otherwise. Told
+    apart from every other error by where it was raised: inside the store's client library."""
+    from tasks.core.storage import endpoint_url
+
+    if not isinstance(exc, (PermissionError, FileNotFoundError, ConnectionError, TimeoutError)):
+        return None
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not any(any(f"/{lib}/" in f.filename for lib in _STORE_CLIENTS) for f in frames):
+        return None
+    hint = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" if isinstance(exc, PermissionError) else \
+        f"check the bucket and the endpoint ({endpoint_url() or 'AWS'})"
+    return (f"the object store of workdir {redact_url_passwords(workdir)} failed: {type(exc).__name__}: "
+            f"{redact_url_passwords(str(exc))[:300]}. Finished stages are complete and kept there; the "
+            f"unfinished one has no _SUCCESS marker and is redone by the next run. Fix it ({hint}) and rerun.")
+
+
 def describe_storage_error(exc: BaseException, workdir: str | Path) -> str | None:
-    """A clear message for a write that failed because the workdir's disk is full, read-only or not ours;
-    None for any other error. pyarrow reports a full disk as 'N requested and M written', without an errno."""
+    """A clear message for a write that failed because the workdir's disk is full, read-only or not ours,
+    or because its object store failed (``describe_store_error``); None for any other error. pyarrow reports
+    a full disk as 'N requested and M written', without an errno."""
+    if "://" in str(workdir) and not str(workdir).startswith("file://"):
+        return describe_store_error(exc, str(workdir))
     err = getattr(exc, "errno", None)
     try:
         free_mb = shutil.disk_usage(workdir).free / 2**20

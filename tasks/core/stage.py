@@ -5,6 +5,9 @@ version; the code version is a hash of the source of the stage's package (``code
 code can never be served a stale output, and no constant has to be remembered. The stage writes into a temporary sibling and renames it into place only after ``stats.json`` and
 the ``_SUCCESS`` marker exist, so a killed run never leaves a partial directory that looks complete, and a
 rerun with the same inputs reuses the finished output (as datatrove's completion markers do).
+
+A workdir may be an object-store URL (``s3://bucket/prefix``, ``tasks.core.storage``): the stage then writes
+into local scratch and uploads the directory with the marker last, and readers take URLs as well as paths.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from tasks.core import storage
 from tasks.core.pause import pause_point
 
 SUCCESS = "_SUCCESS"
@@ -68,8 +72,9 @@ class Ledger:
         (directory / STATS).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def read_ledger(directory: Path) -> Ledger:
-    return Ledger.from_dict(json.loads((Path(directory) / STATS).read_text()))
+def read_ledger(directory: str | Path) -> Ledger:
+    """The ledger of a stage directory, local or at a URL (read directly, without mirroring the data)."""
+    return Ledger.from_dict(json.loads(storage.read_text(storage.join(directory, STATS))))
 
 
 def digest(*parts: Any) -> str:
@@ -103,21 +108,37 @@ def code_version(*modules: str) -> str:
 
 @dataclass(frozen=True)
 class StageOutput:
-    """Where a finished stage put its data, and its ledger."""
+    """Where a finished stage put its data, and its ledger.
+
+    ``location`` is where it lives at rest: a local directory, or a URL of a remote workdir (``s3://...``).
+    ``path`` is always a local directory with its files: the location itself, or this machine's mirror of a
+    URL (downloaded on first use, in whichever process uses it: a Ray worker on another node fetches its own).
+    """
 
     name: str
     key: str
-    path: Path
+    location: str | Path
+
+    @property
+    def url(self) -> str:
+        return os.fspath(self.location)
+
+    @property
+    def path(self) -> Path:
+        return storage.local_copy(self.location)
 
     @property
     def ledger(self) -> Ledger:
-        return read_ledger(self.path)
+        return read_ledger(self.location)
 
     def data(self, sub: str = "data") -> Path:
         return self.path / sub
 
 
-def is_complete(path: Path) -> bool:
+def is_complete(path: str | Path) -> bool:
+    if storage.is_remote(path):
+        return storage.isfile(storage.join(path, SUCCESS)) and storage.isfile(storage.join(path, STATS))
+    path = Path(path)
     return (path / SUCCESS).is_file() and (path / STATS).is_file()
 
 
@@ -142,7 +163,10 @@ def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], L
     """Run ``body(tmpdir) -> Ledger`` unless ``workdir/stages/name/key`` is already complete.
 
     The output appears atomically: a crash leaves only a ``.tmp`` directory, which the next run removes.
+    A URL workdir (``s3://...``) goes through ``_run_remote_stage``.
     """
+    if storage.is_remote(workdir):
+        return _run_remote_stage(os.fspath(workdir), name, key, body)
     final = Path(workdir) / "stages" / name / key
     if is_complete(final):
         return StageOutput(name, key, final)
@@ -159,6 +183,25 @@ def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], L
         publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return StageOutput(name, key, final)
+
+
+def _run_remote_stage(workdir: str, name: str, key: str, body: Callable[[Path], Ledger]) -> StageOutput:
+    """``run_stage`` on an object store: the body writes into local scratch, exactly as for a local workdir
+    (so the bytes are the same), then the directory is uploaded with ``_SUCCESS`` last. An object store has
+    no atomic rename of a directory (tasks.core.storage.write_bytes says what S3 gives); the marker written
+    last is what makes the output appear at once: ``is_complete`` trusts nothing without it."""
+    final = storage.join(workdir, "stages", name, key)
+    if is_complete(final):
+        return StageOutput(name, key, final)
+    with storage.local_scratch(f"{name}-{key}") as tmp:
+        ledger = body(tmp)
+        pause_point(f"stage.{name}", tmp=tmp)  # test only: the data is written, the marker not yet
+        ledger.stage = ledger.stage or name
+        ledger.write(tmp)
+        (tmp / SUCCESS).write_text("")
+        storage.put_tree(tmp, final, last=SUCCESS)
+        storage.local_copy(final, seed=tmp)  # the next stage reads these files here: no download
     return StageOutput(name, key, final)
 
 
@@ -221,25 +264,37 @@ class ShardWriter:
 
 
 def shard_paths(directory: str | Path) -> list[Path]:
+    """The Parquet shards of a directory in order (URLs, as strings, for a directory at a URL)."""
+    if storage.is_remote(directory):
+        return storage.list_files(directory, ".parquet")  # type: ignore[return-value]
     return sorted(Path(directory).glob("*.parquet"))
+
+
+def parquet_file(path: str | Path) -> pq.ParquetFile:
+    """A shard opened for reading, local or at a URL (streamed through fsspec, not downloaded whole)."""
+    if storage.is_remote(path):
+        return pq.ParquetFile(storage.open_file(path, "rb"))
+    return pq.ParquetFile(path)
 
 
 def iter_batches(directory: str | Path, batch_size: int = 10_000, columns: list[str] | None = None
                  ) -> Iterator[pa.RecordBatch]:
-    """Stream a shard directory in order, one batch at a time."""
+    """Stream a shard directory (local or at a URL) in order, one batch at a time."""
     for path in shard_paths(directory):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+        yield from parquet_file(path).iter_batches(batch_size=batch_size, columns=columns)
 
 
 def read_table(directory: str | Path, columns: list[str] | None = None) -> pa.Table:
     paths = shard_paths(directory)
     if not paths:
         raise FileNotFoundError(f"no Parquet shards in {directory}")
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
+    fs, _ = storage.arrow_filesystem(directory)
+    return pa.concat_tables([pq.read_table(storage.filesystem(p)[1] if storage.is_remote(p) else p,
+                                           columns=columns, filesystem=fs) for p in paths])
 
 
 def count_rows(directory: str | Path) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(directory))
+    return sum(parquet_file(p).metadata.num_rows for p in shard_paths(directory))
 
 
 def with_reject_columns(table: pa.Table, stage: str, reasons: list[str] | str,

@@ -16,13 +16,15 @@ from prefect import task
 from schemas.dedup import DedupConfig
 from schemas.pipeline import PipelineConfig
 from schemas.record import RECORD_SCHEMA
+from tasks.core.shards import Mapper, stage_mapper
 from tasks.core.stage import Ledger, ShardWriter, StageOutput, code_version, digest, run_stage, shard_paths
 from tasks.dedup.steps import DEDUP_REJECT_SCHEMA, EXACT, NEAR, REASONS, dedup_dir
 
 __all__ = ["dedup_key", "exact_dedup", "near_dedup", "exact_dedup_task", "near_dedup_task", "EXACT", "NEAR"]
 
 
-def _stage(in_dir: Path, cfg: DedupConfig, out: Path, stage: str, enabled: bool) -> Ledger:
+def _stage(in_dir: Path, cfg: DedupConfig, out: Path, stage: str, enabled: bool, mapper: Mapper | None = None
+           ) -> Ledger:
     ledger = Ledger(stage)
     if not enabled:  # pass everything through, still with a ledger and an (empty) rejects set
         with ShardWriter(out / "data", RECORD_SCHEMA) as writer:
@@ -34,7 +36,7 @@ def _stage(in_dir: Path, cfg: DedupConfig, out: Path, stage: str, enabled: bool)
         ledger.kept = ledger.n_in
         ledger.extra = {"skipped": True}
         return ledger
-    stats = dedup_dir(in_dir, cfg, out, stage, "near" if stage == NEAR else "exact")
+    stats = dedup_dir(in_dir, cfg, out, stage, "near" if stage == NEAR else "exact", mapper=mapper)
     ledger.n_in = stats["in_rows"]
     ledger.drop(REASONS[stage], stats["dropped"])
     ledger.kept = ledger.n_in - stats["dropped"]
@@ -42,14 +44,15 @@ def _stage(in_dir: Path, cfg: DedupConfig, out: Path, stage: str, enabled: bool)
     return ledger
 
 
-def exact_dedup(in_dir: Path, cfg: DedupConfig, out: Path) -> Ledger:
-    """Drop records whose normalized compared text is identical to another's (keep rule per group)."""
-    return _stage(Path(in_dir), cfg, Path(out), EXACT, cfg.exact)
+def exact_dedup(in_dir: Path, cfg: DedupConfig, out: Path, mapper: Mapper | None = None) -> Ledger:
+    """Drop records whose normalized compared text is identical to another's (keep rule per group).
+    ``mapper`` runs the shard steps (default: the stage's own process pool of ``cfg.workers``)."""
+    return _stage(Path(in_dir), cfg, Path(out), EXACT, cfg.exact, mapper)
 
 
-def near_dedup(in_dir: Path, cfg: DedupConfig, out: Path) -> Ledger:
+def near_dedup(in_dir: Path, cfg: DedupConfig, out: Path, mapper: Mapper | None = None) -> Ledger:
     """Drop records with a verified near-duplicate (Jaccard >= threshold), one kept per cluster."""
-    return _stage(Path(in_dir), cfg, Path(out), NEAR, cfg.near)
+    return _stage(Path(in_dir), cfg, Path(out), NEAR, cfg.near, mapper)
 
 
 # ---------------------------------------------------------------------------------------------- Prefect tasks
@@ -68,10 +71,13 @@ def dedup_key(stage: str, upstream_key: str, cfg: PipelineConfig) -> str:
 @task(name="exact_dedup")
 def exact_dedup_task(upstream: StageOutput, cfg: PipelineConfig) -> StageOutput:
     key = dedup_key(EXACT, upstream.key, cfg)
-    return _publish(run_stage(cfg.workdir, EXACT, key, lambda tmp: exact_dedup(upstream.data(), cfg.dedup, tmp)))
+    mapper = stage_mapper(cfg.runner, EXACT)
+    return _publish(run_stage(cfg.workdir, EXACT, key,
+                              lambda tmp: exact_dedup(upstream.data(), cfg.dedup, tmp, mapper)))
 
 
 @task(name="near_dedup")
 def near_dedup_task(upstream: StageOutput, cfg: PipelineConfig) -> StageOutput:
     key = dedup_key(NEAR, upstream.key, cfg)
-    return _publish(run_stage(cfg.workdir, NEAR, key, lambda tmp: near_dedup(upstream.data(), cfg.dedup, tmp)))
+    mapper = stage_mapper(cfg.runner, NEAR)
+    return _publish(run_stage(cfg.workdir, NEAR, key, lambda tmp: near_dedup(upstream.data(), cfg.dedup, tmp, mapper)))

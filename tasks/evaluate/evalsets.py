@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.evaluate import HELDOUT, EvalConfig, EvalSetConfig
+from tasks.core import storage
 from tasks.core.stage import iter_batches
 
 
@@ -116,9 +117,9 @@ def _prompt(value: object) -> list[dict] | None:
 def file_set(cfg: EvalSetConfig, limit: int | None) -> EvalSet:
     """An eval set file as items, in file order, at most ``min(cfg.limit, limit)``. Raises FileNotFoundError
     naming the config key when the file is missing (a typo must not quietly shrink the evaluation)."""
-    path = Path(cfg.path)
+    path = storage.local_file(cfg.path)  # an s3:// set: this machine's copy
     if not path.is_file():
-        raise FileNotFoundError(f"evaluate.eval_sets[{cfg.name}].path: no file {path}")
+        raise FileNotFoundError(f"evaluate.eval_sets[{cfg.name}].path: no file {cfg.path}")
     items, skipped = [], Counter()
     rows = read_rows(path)
     for i, row in enumerate(rows):
@@ -138,7 +139,8 @@ def file_set(cfg: EvalSetConfig, limit: int | None) -> EvalSet:
     if len(items) > cap:
         skipped["over_max_items"] += len(items) - cap
         items = items[:cap]
-    return EvalSet(cfg.name, items, skipped, str(path.resolve()), len(rows))
+    shown = cfg.path if storage.is_remote(cfg.path) else str(path.resolve())
+    return EvalSet(cfg.name, items, skipped, shown, len(rows))
 
 
 def items_table(es: EvalSet) -> pa.Table:
@@ -153,6 +155,6 @@ def eval_sets_digest(cfg: EvalConfig) -> str:
     """Digest of the eval set files' bytes: a changed file must not reuse a cached evaluation."""
     h = hashlib.sha256()
     for s in cfg.eval_sets:
-        path = Path(s.path)
+        path = storage.local_file(s.path)
         h.update(s.name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"<missing>"))
     return h.hexdigest()[:16]

@@ -7,6 +7,7 @@ that every earlier filter kept, so the first filter that rejects a record gets i
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 
 from schemas.filters import FilterConfig
 from schemas.record import MESSAGE, RECORD_SCHEMA, REJECT_SCHEMA
+from tasks.core.shards import Mapper
 from tasks.core.stage import Ledger, ShardWriter, iter_batches, shard_paths, with_reject_columns
 from tasks.filters.agreement import AgreementAccumulator, ReliabilityAccumulator
 from tasks.filters.base import FilterBatch
@@ -181,7 +183,16 @@ def filter_shard(path: Path, index: int, cfg: FilterConfig, exclude: frozenset[s
     return res
 
 
-def _run_shards(paths: list[Path], cfg: FilterConfig, exclude: frozenset[str], out: Path) -> list[ShardOutcome]:
+def _filter_item(item: tuple[str, int], cfg: FilterConfig, exclude: frozenset[str], out: str) -> ShardOutcome:
+    """One mapped shard (a runner's task): ``(input shard path, its index)``."""
+    return filter_shard(Path(item[0]), item[1], cfg, exclude, Path(out))
+
+
+def _run_shards(paths: list[Path], cfg: FilterConfig, exclude: frozenset[str], out: Path,
+                mapper: Mapper | None = None) -> list[ShardOutcome]:
+    if mapper is not None:  # a task runner's workers: each reads its shard and writes its outputs under out/
+        return mapper(functools.partial(_filter_item, cfg=cfg, exclude=exclude, out=str(out)),
+                      [(str(p), i) for i, p in enumerate(paths)])
     if cfg.workers <= 1 or len(paths) <= 1:
         return [filter_shard(p, i, cfg, exclude, out) for i, p in enumerate(paths)]
     # spawn, not fork: the parent may run Prefect's and MLflow's threads, which fork does not copy safely.
@@ -189,8 +200,9 @@ def _run_shards(paths: list[Path], cfg: FilterConfig, exclude: frozenset[str], o
         return list(pool.map(filter_shard, paths, range(len(paths)), repeat(cfg), repeat(exclude), repeat(out)))
 
 
-def apply_filters(in_dir: Path, cfg: FilterConfig, out: Path) -> Ledger:
-    """Stage "filter": kept rows to out/data, rejects to out/rejects (in dry-run: out/would_reject), a report."""
+def apply_filters(in_dir: Path, cfg: FilterConfig, out: Path, mapper: Mapper | None = None) -> Ledger:
+    """Stage "filter": kept rows to out/data, rejects to out/rejects (in dry-run: out/would_reject), a report.
+    ``mapper`` runs the per-shard pass (default: in-process, or a local pool of ``cfg.workers``)."""
     in_dir, out = Path(in_dir), Path(out)
     chain_names = [name for name, _ in build_chain(cfg.filters)]  # fails fast on a bad chain
     paths = shard_paths(in_dir)
@@ -199,7 +211,7 @@ def apply_filters(in_dir: Path, cfg: FilterConfig, out: Path) -> Ledger:
     started = time.perf_counter()
     agreement, annotators, exclude = measure_agreement(in_dir, cfg)
     seconds: Counter = Counter({"agreement_pass": time.perf_counter() - started})
-    outcomes = _run_shards(paths, cfg, exclude, out)
+    outcomes = _run_shards(paths, cfg, exclude, out, mapper)
     ledger = Ledger(STAGE)
     drops: Counter = Counter()
     stats: Counter = Counter()

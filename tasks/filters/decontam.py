@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from schemas.filters import DecontamParams
+from tasks.core import storage
 from tasks.filters.base import FilterBatch, FilterResult, register
 
 _WORD = re.compile(r"\w+")
@@ -87,7 +88,7 @@ def _index(path: str, size: int, mtime_ns: int, n: int) -> np.ndarray:
 
 def eval_index(path: str | Path, n: int) -> np.ndarray:
     """Sorted unique n-gram hashes of one eval source (cached while the file is unchanged)."""
-    p = Path(path).resolve()
+    p = storage.local_file(path).resolve()  # an s3:// source: this machine's copy
     st = p.stat() if p.is_file() else None
     if st is None:
         raise FileNotFoundError(f"decontamination source not found: {path}")
@@ -98,8 +99,8 @@ def eval_sets_fingerprint(p: DecontamParams) -> list[tuple[str, int, int]]:
     """(name, size, mtime) of each eval source, so a changed eval set changes the stage's cache key."""
     out = []
     for name, path in sorted(p.sources.items()):
-        st = Path(path).stat() if Path(path).is_file() else None
-        out.append((name, st.st_size if st else -1, st.st_mtime_ns if st else -1))
+        version = storage.file_version(path)  # size and mtime; an s3:// object's size and ETag
+        out.append((name, *(version or (-1, -1))))
     return out
 
 

@@ -5,6 +5,7 @@ from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from tasks.core.publication import Publication
+from tasks.core.shards import stage_mapper
 from tasks.core.stage import StageOutput, code_version, digest, run_stage
 from tasks.filters.apply import STAGE, apply_filters
 from tasks.filters.decontam import eval_sets_fingerprint
@@ -21,7 +22,7 @@ def filter_key(upstream_key: str, cfg: PipelineConfig) -> str:
 def filter_task(upstream: StageOutput, cfg: PipelineConfig) -> StageOutput:
     """Run (or reuse) the filter stage over the upstream shards and publish its report as Prefect artifacts."""
     out = run_stage(cfg.workdir, STAGE, filter_key(upstream.key, cfg),
-                    lambda tmp: apply_filters(upstream.data(), cfg.filters, tmp))
+                    lambda tmp: apply_filters(upstream.data(), cfg.filters, tmp, stage_mapper(cfg.runner, STAGE)))
     publish_prefect_artifacts(out.path)
     return out
 

@@ -25,6 +25,7 @@ import fsspec
 from schemas.ingest import IngestConfig, SourceConfig
 from tasks.core.errors import SourceError
 from tasks.core.recovery import is_disk_full
+from tasks.core.shards import Mapper
 from tasks.ingest.convert import DETECT_ROWS, FLUSH_BYTES, PartResult, RowConverter
 from tasks.ingest.listing import COMPRESSIONS, list_source
 from tasks.ingest.parallel import can_split, convert_split
@@ -107,8 +108,10 @@ def _detect(rows: Iterator[Row | _Failure], fields: dict[str, Any]) -> tuple[lis
 class SourceReader:
     """Reads the files of one local or fsspec source into parts of ``out``."""
 
-    def __init__(self, src: SourceConfig, cfg: IngestConfig, out: Path, index: int, stats: SourceStats):
+    def __init__(self, src: SourceConfig, cfg: IngestConfig, out: Path, index: int, stats: SourceStats,
+                 mapper: Mapper | None = None):
         self.src, self.cfg, self.out, self.index, self.stats = src, cfg, out, index, stats
+        self.mapper = mapper  # where split files' byte ranges run: a task runner, or None (a local pool)
         self.result = SourceFiles()
         self.shared: RowConverter | None = None
         self.n_in = 0
@@ -199,7 +202,8 @@ class SourceReader:
             _, preset = _detect(_guarded(probe), resolve_fields(self.src.field_map))
             probe.close()
         try:
-            parts = convert_split(self.src, self.cfg, path, self.out, self._prefix(f_index), preset, self.stats)
+            parts = convert_split(self.src, self.cfg, path, self.out, self._prefix(f_index), preset, self.stats,
+                                  self.mapper)
         except Exception as exc:  # noqa: BLE001 - the file failed to read: quarantine it whole
             if is_workdir_error(exc, self.out):
                 raise

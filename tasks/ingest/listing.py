@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from tasks.core import storage
 from tasks.core.errors import SourceError
 from tasks.ingest.presets import RowError
 
@@ -105,7 +106,7 @@ def _walk(root: str) -> list[Entry]:
 def list_source(path: str) -> tuple[fsspec.AbstractFileSystem, list[Entry]]:
     """The entries a local path, glob, directory or fsspec URL names, sorted by path; IngestError if none."""
     try:
-        fs, root = fsspec.core.url_to_fs(path)
+        fs, root = storage.filesystem(path)  # the S3 endpoint from the environment or storage.endpoint_url
     except ImportError as exc:  # e.g. s3:// without s3fs: name the package to install
         raise IngestError(f"source {path}: {exc}") from None
     is_glob = any(c in root for c in "*?[")

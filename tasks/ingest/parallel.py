@@ -14,6 +14,9 @@ import io
 import json
 import multiprocessing
 import os
+import pickle
+import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,6 +28,7 @@ import pyarrow.parquet as pq
 
 from schemas.ingest import IngestConfig, SourceConfig
 from schemas.record import QUARANTINE_SCHEMA
+from tasks.core.shards import Mapper
 from tasks.core.stage import shard_paths
 from tasks.ingest.convert import PartResult, RowConverter, content_record_id
 from tasks.ingest.listing import COMPRESSIONS
@@ -78,31 +82,70 @@ def convert_chunk(src_json: dict, cfg_json: dict, path: str, start: int, end: in
     return result
 
 
+def convert_chunk_to_file(job: tuple) -> str:
+    """Runner worker: convert one byte range (``convert_chunk``'s arguments); its PartResult, which holds a key
+    per kept row, goes to a file in the stage directory rather than through the task runner."""
+    part = convert_chunk(*job)
+    target = Path(job[6]) / "_parts" / f"{part.prefix}.pkl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+    return str(target)
+
+
+def _hash_file(path: str, stats: SourceStats) -> None:
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK_BYTES):
+            stats.hasher.update(block)
+            stats.bytes_read += len(block)
+
+
+def _on_runner(jobs: list[tuple], path: str, stats: SourceStats, mapper: Mapper) -> list[PartResult]:
+    """The byte ranges as the runner's tasks while this process hashes the file in a thread."""
+    hashing = threading.Thread(target=_hash_file, args=(path, stats), name="ingest-hash")
+    hashing.start()
+    try:
+        files = mapper(convert_chunk_to_file, jobs)
+    finally:
+        hashing.join()
+    parts = []
+    for f in files:
+        parts.append(pickle.loads(Path(f).read_bytes()))
+        Path(f).unlink()
+    if files:
+        Path(files[0]).parent.rmdir()  # the stage's output holds data/ and rejects/ only
+    return parts
+
+
 def convert_split(src: SourceConfig, cfg: IngestConfig, path: str, out: Path, prefix: str, preset: str | None,
-                  stats: SourceStats) -> list[PartResult]:
-    """Convert one big file with a process pool while this process hashes it; parts in file order. If the
-    file cannot be read to its end, every shard of it is removed before the error goes up."""
+                  stats: SourceStats, mapper: Mapper | None = None) -> list[PartResult]:
+    """Convert one big file with a process pool (or ``mapper``'s task runner) while this process hashes it;
+    parts in file order. If the file cannot be read to its end, every shard of it is removed before the
+    error goes up. The byte ranges depend on ``ingest.workers`` only, never on who converts them."""
     workers = cfg.workers or os.cpu_count() or 1
     points = split_points(path, workers)
     jobs = [(src.model_dump(), cfg.model_dump(), path, a, b, f"{prefix}-{i:05d}", str(out), preset)
             for i, (a, b) in enumerate(zip(points, points[1:], strict=False))]
-    # spawn, not fork: the parent may run Prefect or MLflow threads that a fork would copy mid-lock.
-    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(convert_chunk, *job) for job in jobs]
-        try:
-            with open(path, "rb") as f:
-                while block := f.read(BLOCK_BYTES):
-                    stats.hasher.update(block)
-                    stats.bytes_read += len(block)
-            parts = [fut.result() for fut in futures]
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            pool.shutdown(wait=True)
-            for sub in ("data", "rejects"):
-                for shard in (out / sub).glob(f"{prefix}-*.parquet"):
-                    shard.unlink()
-            raise
+    try:
+        if mapper is not None:
+            parts = _on_runner(jobs, path, stats, mapper)
+        else:
+            # spawn, not fork: the parent may run Prefect or MLflow threads that a fork would copy mid-lock.
+            with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(convert_chunk, *job) for job in jobs]
+                try:
+                    _hash_file(path, stats)
+                    parts = [fut.result() for fut in futures]
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    pool.shutdown(wait=True)
+                    raise
+    except BaseException:
+        for sub in ("data", "rejects"):
+            for shard in (out / sub).glob(f"{prefix}-*.parquet"):
+                shard.unlink()
+        shutil.rmtree(out / "_parts", ignore_errors=True)
+        raise
     stats.files.append(path)
     offset = 0
     for part in parts:

@@ -37,6 +37,7 @@ from prefect import task
 from schemas.ingest import IngestConfig, SourceConfig
 from schemas.pipeline import PipelineConfig
 from schemas.record import QUARANTINE_SCHEMA, RECORD_SCHEMA
+from tasks.core.shards import Mapper, stage_mapper
 from tasks.core.stage import IO_RETRIES, Ledger, StageOutput, code_version, digest, run_stage, shard_paths
 from tasks.ingest.convert import PartResult, RowConverter, content_record_id, detect_preset, record_id
 from tasks.ingest.files import SourceReader
@@ -109,14 +110,15 @@ def _warn(src: SourceConfig, index: int, n_in: int, kept: int, dropped: Counter,
                     "{rating: score} or {ratings: scores}).", src.name, src.path, keys, index)
 
 
-def ingest_source(src: SourceConfig, cfg: IngestConfig, out: Path, index: int) -> dict[str, Any]:
+def ingest_source(src: SourceConfig, cfg: IngestConfig, out: Path, index: int, mapper: Mapper | None = None
+                  ) -> dict[str, Any]:
     """Convert one source into parts of ``out``; return its lineage (counts per reason, digest, fields, and
     a row per file: what preset it was read with)."""
     stats = SourceStats()
     if src.path.startswith(("hf:", "disk:")):
         parts, files = _ingest_hf(src, cfg, out, index, stats)
     else:
-        read = SourceReader(src, cfg, out, index, stats).read()
+        read = SourceReader(src, cfg, out, index, stats, mapper).read()
         parts, files = read.parts, read.files
     reconcile(parts, src, cfg, out)
     dropped: Counter = Counter()
@@ -142,13 +144,14 @@ def ingest_source(src: SourceConfig, cfg: IngestConfig, out: Path, index: int) -
             **({"split": src.split, "revision": src.revision} if src.path.startswith(("hf:", "disk:")) else {})}
 
 
-def ingest(cfg: IngestConfig, out: Path) -> Ledger:
-    """Read every source into ``out/data`` (records) and ``out/rejects`` (quarantine); return the ledger."""
+def ingest(cfg: IngestConfig, out: Path, mapper: Mapper | None = None) -> Ledger:
+    """Read every source into ``out/data`` (records) and ``out/rejects`` (quarantine); return the ledger.
+    ``mapper`` converts big files' byte ranges on a task runner (default: a local process pool)."""
     out = Path(out)
     ledger = Ledger("ingest")
     lineage = []
     for index, src in enumerate(cfg.sources):
-        info = ingest_source(src, cfg, out, index)
+        info = ingest_source(src, cfg, out, index, mapper)
         lineage.append(info)
         ledger.n_in += info["rows_in"]
         ledger.kept += info["kept"]
@@ -241,7 +244,8 @@ def ingest_task(cfg: PipelineConfig) -> StageOutput:
     # workers changes how fast, never what: it stays out of the key
     settings = cfg.ingest.cache_settings()
     key = digest("ingest", code_version("tasks.ingest", "tasks.core.stage"), settings, [source_fingerprint(s) for s in cfg.ingest.sources])
-    stage = run_stage(cfg.workdir, "ingest", key, lambda tmp: ingest(cfg.ingest, tmp))
+    mapper = stage_mapper(cfg.runner, "ingest")
+    stage = run_stage(cfg.workdir, "ingest", key, lambda tmp: ingest(cfg.ingest, tmp, mapper))
     publish_markdown("ingest-lineage", lineage_markdown(stage), description=f"Sources of config {cfg.name}")
     return stage
 

@@ -20,6 +20,7 @@ records first (best-fit decreasing): shuffle rows when training.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from schemas.pipeline import PipelineConfig
 from schemas.record import REJECT_SCHEMA
 from schemas.tokenize import IGNORE_INDEX, TOKENIZED_SCHEMA, TokenizeConfig
 from tasks.core.errors import NothingToTrainError
+from tasks.core.shards import Mapper, stage_mapper
 from tasks.core.stage import (
     Ledger,
     ShardWriter,
@@ -49,6 +51,7 @@ from tasks.core.stage import (
 from tasks.tokenize.chat import EncodedBatch, encode_in_worker, encode_records, init_worker, mask_method
 from tasks.tokenize.packing import pack_sequences, packing_efficiency, single_rows
 from tasks.tokenize.report import check_template_share, template_report
+from tasks.tokenize.shards import encode_on_runner, encoded_batches
 from tasks.tokenize.spans import probe
 from tasks.tokenize.tokenizer import load_tokenizer, tokenizer_digest
 
@@ -108,8 +111,10 @@ class SplitStats:
 
 
 def tokenize_split(in_dir: Path, split: str, tok, cfg: TokenizeConfig, rows_out: ShardWriter, rejects: ShardWriter,
-                   pool: ProcessPoolExecutor | None = None) -> SplitStats:
-    """Tokenize one split's records, pack them (within windows of ``cfg.pack_window``) and write rows/rejects."""
+                   pool: ProcessPoolExecutor | None = None,
+                   encoded: Iterator[tuple[pa.RecordBatch, EncodedBatch]] | None = None) -> SplitStats:
+    """Tokenize one split's records, pack them (within windows of ``cfg.pack_window``) and write rows/rejects.
+    ``encoded``: the batches already encoded by a task runner's workers (tasks.tokenize.shards)."""
     stats, buffer = SplitStats(), []
     pack = cfg.packing and (split == "train" or cfg.pack_eval)
 
@@ -120,7 +125,7 @@ def tokenize_split(in_dir: Path, split: str, tok, cfg: TokenizeConfig, rows_out:
             stats.rows += len(rows)
             buffer.clear()
 
-    for batch, enc in _encoded_batches(in_dir, tok, cfg, pool):
+    for batch, enc in encoded if encoded is not None else _encoded_batches(in_dir, tok, cfg, pool):
         stats.records += batch.num_rows
         if enc.rejects:
             table = pa.Table.from_batches([batch]).take([r.index for r in enc.rejects])
@@ -147,8 +152,10 @@ def tokenize_split(in_dir: Path, split: str, tok, cfg: TokenizeConfig, rows_out:
 
 
 def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, out: Path,
-                    revision: str | None = None, trust_remote_code: bool = False) -> Ledger:
-    """Stage body: tokenize ``split_dir/{train,eval}`` into ``out/{train,eval}`` and ``out/rejects``."""
+                    revision: str | None = None, trust_remote_code: bool = False,
+                    mapper: Mapper | None = None) -> Ledger:
+    """Stage body: tokenize ``split_dir/{train,eval}`` into ``out/{train,eval}`` and ``out/rejects``.
+    ``mapper``: encode on a task runner, one task per input shard (default: in-process, or ``num_proc``)."""
     split_dir, out = Path(split_dir), Path(out)
     for split in SPLITS:
         if not (split_dir / split).is_dir():
@@ -158,8 +165,11 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
         raise ValueError(f"tokenize: {tokenizer_dir} has no fast (Rust) tokenizer; convert it with "
                          "AutoTokenizer.from_pretrained(..., use_fast=True) and save it")
     start = time.perf_counter()
-    pool = None
-    if cfg.num_proc > 1:
+    pool, counts, work = None, None, out / "_encoded"
+    if mapper is not None:
+        counts = encode_on_runner(split_dir, (tokenizer_dir, revision, trust_remote_code, cfg.chat_template), cfg,
+                                  work, mapper, SPLITS)
+    elif cfg.num_proc > 1:
         # spawn, not fork: the caller may be a threaded Prefect worker, and forked tokenizers deadlock.
         pool = ProcessPoolExecutor(cfg.num_proc, mp_context=get_context("spawn"), initializer=init_worker,
                                    initargs=(tokenizer_dir, revision, trust_remote_code, cfg.chat_template))
@@ -168,10 +178,14 @@ def tokenize_splits(split_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, ou
         with ShardWriter(out / "rejects", TOKENIZE_REJECT_SCHEMA) as rejects:
             for split in SPLITS:
                 with ShardWriter(out / split, TOKENIZED_SCHEMA) as rows_out:
-                    stats[split] = tokenize_split(split_dir / split, split, tok, cfg, rows_out, rejects, pool)
+                    encoded = None if counts is None else \
+                        encoded_batches(split_dir / split, split, counts[split], cfg, work)
+                    stats[split] = tokenize_split(split_dir / split, split, tok, cfg, rows_out, rejects, pool,
+                                                  encoded)
     finally:
         if pool is not None:
             pool.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - start
     tr, ev = stats["train"], stats["eval"]
     ledger = Ledger(STAGE, n_in=sum(s.records for s in stats.values()), kept=sum(s.kept for s in stats.values()))
@@ -205,6 +219,7 @@ def tokenize_task(split: StageOutput, tokenizer_dir: str, cfg: PipelineConfig) -
     out ``num_proc``, which changes the speed, never the rows."""
     settings = cfg.tokenize.cache_settings()
     key = digest(STAGE, code_version("tasks.tokenize", "tasks.core.stage"), settings, split.key, tokenizer_digest(tokenizer_dir, cfg.model.revision))
+    mapper = stage_mapper(cfg.runner, STAGE)
     return run_stage(cfg.workdir, STAGE, key, lambda tmp: tokenize_splits(
-        split.path, tokenizer_dir, cfg.tokenize, tmp, cfg.model.revision, cfg.model.trust_remote_code))
+        split.path, tokenizer_dir, cfg.tokenize, tmp, cfg.model.revision, cfg.model.trust_remote_code, mapper))
 

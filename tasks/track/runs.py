@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from schemas.pipeline import PipelineConfig
-from tasks.core import recovery
+from tasks.core import recovery, storage
 from tasks.core.publication import Publication, metric_key
 from tasks.core.stage import StageOutput, iter_batches, read_table
 
@@ -120,6 +120,14 @@ def content_digest(directory: Path) -> str:
     return h.hexdigest()[:32]
 
 
+def _at_rest(stage: StageOutput, part: str) -> str:
+    """Where a stage's part lives at rest, as the dataset's source: its URL on an object store (not this
+    machine's mirror of it), else its absolute local path."""
+    if storage.is_remote(stage.url):
+        return storage.join(stage.url, part)
+    return str(stage.data(part).resolve())
+
+
 def log_curated_dataset(split: StageOutput, name: str, preview_rows: int = 1000) -> dict[str, str]:
     """Log the curated train and eval sets as ``mlflow.data`` inputs with explicit content digests.
 
@@ -133,7 +141,7 @@ def log_curated_dataset(split: StageOutput, name: str, preview_rows: int = 1000)
         preview["messages"] = preview["messages"].map(lambda m: json.dumps(list(m)))
         with warnings.catch_warnings():  # a local path matches two equivalent source resolvers
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(preview, source=str(directory.resolve()), name=f"{name}-{part}",
+            dataset = mlflow.data.from_pandas(preview, source=_at_rest(split, part), name=f"{name}-{part}",
                                               digest=digests[part])
         mlflow.log_input(dataset, context=context)
     return digests
@@ -161,7 +169,7 @@ def log_tokenized_dataset(tokenized: StageOutput, name: str, preview_rows: int =
         preview = pa.Table.from_batches([batch]).select([c for c in wanted if c in batch.schema.names]).to_pandas()
     with warnings.catch_warnings():  # a local path matches two equivalent source resolvers
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(preview, source=str(directory.resolve()), name=f"{name}-tokenized-train",
+        dataset = mlflow.data.from_pandas(preview, source=_at_rest(tokenized, "train"), name=f"{name}-tokenized-train",
                                           digest=digest_)
     mlflow.log_input(dataset, context="tokenized")
     return digest_

@@ -67,8 +67,9 @@ def test_entry_flow_parameters_render_a_pipeline_config_form(func):
     flow = load_flow_from_entrypoint(str(ROOT / f"flows/deployments.py:{func}"))
     schema = parameter_schema(flow).model_dump()
     props = schema["properties"]
-    assert list(props) == ["config", "overrides", "cfg"]
+    assert list(props) == ["config", "overrides", "cfg", "runner", "ray_address"]
     assert props["config"]["default"] == "configs/sample.yaml"
+    assert {"enum": ["local", "processes", "ray"], "type": "string"} in props["runner"]["anyOf"]
     assert {"$ref": "#/definitions/PipelineConfig"} in props["cfg"]["anyOf"]
     # The form has one field per config section, each with its own typed fields.
     assert {"dedup", "filters", "train", "tracking"} <= set(schema["definitions"]["PipelineConfig"]["properties"])

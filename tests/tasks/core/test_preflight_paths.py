@@ -80,7 +80,8 @@ def test_every_named_path_is_checked_and_named_by_its_key(tmp_path, web):
         assert key in problems, (key, problems)
     for key in ("(ok)", "(glob)", "(web_ok)"):
         assert key not in problems
-    assert "s3fs" in problems and "HTTP 404" in problems and "mmlu.jsonl does not exist" in problems
+    # s3fs is a dependency now: the s3 source is checked against the store (here: no credentials, no server)
+    assert "s3://bucket/data.jsonl" in problems and "HTTP 404" in problems and "mmlu.jsonl does not exist" in problems
     assert "offline (HF_HUB_OFFLINE) and not in the local cache" in problems
     with pytest.raises(recovery.PreflightError, match="preflight failed") as err:
         recovery.preflight(cfg, check_servers=False)

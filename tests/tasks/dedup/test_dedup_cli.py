@@ -92,8 +92,7 @@ def test_prefect_process_pool_runner_gives_the_same_map(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_runner_on_a_local_ray_cluster(tmp_path):
-    pytest.importorskip("prefect_ray")
+def test_ray_runner_on_a_local_ray_cluster(tmp_path, ray_session):
     from prefect.testing.utilities import prefect_test_harness
 
     rows, dups = corpus(n=60)

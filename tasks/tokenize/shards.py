@@ -1,0 +1,78 @@
+"""Tokenize's encoding on a task runner: one task per input shard, its encodings written beside the stage.
+
+A worker loads the tokenizer once per process, encodes its shard batch by batch (the same batches as the
+in-process path: ``tokenize.batch_size`` rows of one shard file) and pickles each batch's encodings to
+``WORK/SPLIT-SHARD-BATCH.pkl`` under the stage's temporary directory; it returns only the batch count. The
+parent then reads them back in input order and packs exactly as the in-process path does, so the rows are
+the same byte for byte whichever runner encoded them. The pickles are our own files, written and read by
+this stage only, and deleted with the stage's work directory.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.tokenize import TokenizeConfig
+from tasks.core.shards import Mapper
+from tasks.core.stage import shard_paths
+from tasks.tokenize.chat import EncodedBatch, encode_records
+
+
+@functools.cache
+def _tokenizer(tokenizer_dir: str, revision: str | None, trust_remote_code: bool, template: str | None):
+    # Parallelism comes from the runner's workers; Rust threads inside each would fight over the same cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tasks.tokenize.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir, revision, trust_remote_code, template)
+
+
+def _pickle_path(work: Path, split: str, shard: int, batch: int) -> Path:
+    return work / f"{split}-{shard:05d}-{batch:06d}.pkl"
+
+
+def encode_shard(item: tuple[str, str, int], tokenizer: tuple[str, str | None, bool, str | None],
+                 cfg: TokenizeConfig, work: str) -> int:
+    """Worker: encode every batch of one shard ``(split, path, index)``; returns the number of batches."""
+    split, path, index = item
+    tok = _tokenizer(*tokenizer)
+    n = 0
+    for n, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size), start=1):
+        enc = encode_records(tok, batch.column("id").to_pylist(), batch.column("messages").to_pylist(), cfg)
+        target = _pickle_path(Path(work), split, index, n - 1)
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(pickle.dumps(enc, protocol=pickle.HIGHEST_PROTOCOL))
+        partial.replace(target)
+    return n
+
+
+def encode_on_runner(split_dir: Path, tokenizer: tuple[str, str | None, bool, str | None], cfg: TokenizeConfig,
+                     work: Path, mapper: Mapper, splits: tuple[str, ...]) -> dict[str, list[int]]:
+    """Encode every shard of every split through ``mapper``; the batch count per shard, per split."""
+    work.mkdir(parents=True, exist_ok=True)
+    items = [(split, str(p), i) for split in splits for i, p in enumerate(shard_paths(split_dir / split))]
+    counts = mapper(functools.partial(encode_shard, tokenizer=tokenizer, cfg=cfg, work=str(work)), items)
+    out: dict[str, list[int]] = {split: [] for split in splits}
+    for (split, _, _), n in zip(items, counts, strict=True):
+        out[split].append(n)
+    return out
+
+
+def encoded_batches(in_dir: Path, split: str, counts: list[int], cfg: TokenizeConfig, work: Path
+                    ) -> Iterator[tuple[pa.RecordBatch, EncodedBatch]]:
+    """The input batches with their encodings from the workers' pickles, in input order."""
+    for index, path in enumerate(shard_paths(in_dir)):
+        batches = pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size)
+        for b, batch in enumerate(batches):
+            if b >= counts[index]:
+                raise RuntimeError(f"tokenize: shard {path} has more batches than its worker encoded")
+            pkl = _pickle_path(work, split, index, b)
+            enc = pickle.loads(pkl.read_bytes())
+            pkl.unlink()
+            yield batch, enc
