@@ -14,7 +14,6 @@ import io
 import json
 import multiprocessing
 import os
-import pickle
 import shutil
 import threading
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 
 from schemas.ingest import IngestConfig, SourceConfig
 from schemas.record import QUARANTINE_SCHEMA
+from tasks.core.handoff import read_handoff, write_handoff
 from tasks.core.shards import Mapper
 from tasks.core.stage import shard_paths
 from tasks.ingest.convert import PartResult, RowConverter, content_record_id
@@ -88,7 +88,7 @@ def convert_chunk_to_file(job: tuple) -> str:
     part = convert_chunk(*job)
     target = Path(job[6]) / "_parts" / f"{part.prefix}.pkl"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+    write_handoff(part, target)
     return str(target)
 
 
@@ -109,7 +109,7 @@ def _on_runner(jobs: list[tuple], path: str, stats: SourceStats, mapper: Mapper)
         hashing.join()
     parts = []
     for f in files:
-        parts.append(pickle.loads(Path(f).read_bytes()))
+        parts.append(read_handoff(Path(f)))
         Path(f).unlink()
     if files:
         Path(files[0]).parent.rmdir()  # the stage's output holds data/ and rejects/ only

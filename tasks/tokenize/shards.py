@@ -5,13 +5,13 @@ in-process path: ``tokenize.batch_size`` rows of one shard file) and pickles eac
 ``WORK/SPLIT-SHARD-BATCH.pkl`` under the stage's temporary directory; it returns only the batch count. The
 parent then reads them back in input order and packs exactly as the in-process path does, so the rows are
 the same byte for byte whichever runner encoded them. The pickles are our own files, written and read by
-this stage only, and deleted with the stage's work directory.
+this stage only (through tasks.core.handoff, which rebuilds only the encoding types), and deleted with the
+stage's work directory.
 """
 from __future__ import annotations
 
 import functools
 import os
-import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.tokenize import TokenizeConfig
+from tasks.core.handoff import read_handoff, write_handoff
 from tasks.core.shards import Mapper
 from tasks.core.stage import shard_paths
 from tasks.tokenize.chat import EncodedBatch, encode_records
@@ -45,10 +46,7 @@ def encode_shard(item: tuple[str, str, int], tokenizer: tuple[str, str | None, b
     n = 0
     for n, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size), start=1):
         enc = encode_records(tok, batch.column("id").to_pylist(), batch.column("messages").to_pylist(), cfg)
-        target = _pickle_path(Path(work), split, index, n - 1)
-        partial = target.with_suffix(".partial")
-        partial.write_bytes(pickle.dumps(enc, protocol=pickle.HIGHEST_PROTOCOL))
-        partial.replace(target)
+        write_handoff(enc, _pickle_path(Path(work), split, index, n - 1))
     return n
 
 
@@ -73,6 +71,6 @@ def encoded_batches(in_dir: Path, split: str, counts: list[int], cfg: TokenizeCo
             if b >= counts[index]:
                 raise RuntimeError(f"tokenize: shard {path} has more batches than its worker encoded")
             pkl = _pickle_path(work, split, index, b)
-            enc = pickle.loads(pkl.read_bytes())
+            enc = read_handoff(pkl)
             pkl.unlink()
             yield batch, enc

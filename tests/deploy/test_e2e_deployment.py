@@ -78,7 +78,8 @@ def flow_names(stack) -> dict[str, list[dict]]:
 
 def test_pipeline_deployment_runs_on_the_worker_with_overrides(stack, pipeline_run, overrides):
     assert pipeline_run["state_type"] == "COMPLETED", pipeline_run["state"]
-    assert pipeline_run["parameters"] == {"config": "configs/sample.yaml", "overrides": overrides}
+    assert pipeline_run["parameters"] == {"config": "configs/sample.yaml", "overrides": overrides,
+                                            "runner": None, "ray_address": None}  # the deployments' runner defaults
     runs = flow_names(stack)
     # The entry flow ran curate and train as subflows of itself, all completed.
     for name in ("curate", "train"):
@@ -127,7 +128,8 @@ def test_new_dataset_digest_triggers_training_on_the_gpu_pool(stack, pipeline_ru
     (run,) = stack.wait_for(triggered, timeout=120)
     # Nobody serves the GPU pool in this test, so the triggered run waits there with the curated config.
     assert run["state_type"] in ("SCHEDULED", "PENDING")
-    assert run["parameters"] == {"config": "configs/sample.yaml", "overrides": overrides}
+    assert run["parameters"] == {"config": "configs/sample.yaml", "overrides": overrides,
+                                            "runner": None, "ray_address": None}  # the deployments' runner defaults
     assert run["work_queue_name"] == "default"
     stack.api("DELETE", f"/flow_runs/{run['id']}")
 

@@ -123,9 +123,12 @@ def test_prefect_artifacts_show_ledger_reports_progress_and_mlflow_link(run):
 
     async def artifacts():
         async with get_client() as client:
-            return {a.key: a for a in await client.read_artifacts() if a.key}
+            return [a for a in await client.read_artifacts() if a.key]
 
-    found = asyncio.run(artifacts())
+    # The harness's server is shared by the session's other flows: find this run's link among every run's.
+    found: dict[str, list] = {}
+    for a in asyncio.run(artifacts()):
+        found.setdefault(a.key, []).append(a)
     assert {"curation-ledger", "ingest-lineage", "filter-report", "training-progress", "mlflow-run"} <= set(found)
-    assert float(found["training-progress"].data) == 100.0
-    assert run[1].run_id in found["mlflow-run"].data
+    assert any(float(a.data) == 100.0 for a in found["training-progress"])
+    assert any(run[1].run_id in a.data for a in found["mlflow-run"]), [a.data for a in found["mlflow-run"]]
