@@ -449,7 +449,8 @@ def curation_runners(docs: list[Any]) -> list[str]:
 
 def experiment(docs: list[Any], view: str) -> list[str]:
     """`curation` / `peft`: a sweep's table over seeds and families; `contrast`: all on minus all off."""
-    sys.path.insert(0, str(BENCH / "experiment"))
+    if str(BENCH / "experiment") not in sys.path:
+        sys.path.insert(0, str(BENCH / "experiment"))
     import report  # bench/experiment/report.py
 
     if view == "contrast":

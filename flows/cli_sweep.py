@@ -42,10 +42,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  - {v.name}")
     if args.dry_run:
         return 0
+    from flows.runners import on_runner
     from flows.sweep import sweep_flow
     from tasks.sweep.compare import markdown_table, table_columns
 
-    result = sweep_flow(sweep)
+    # On the reference config's runner, as every entry point: the variants' tokenize shards go there too
+    result = on_runner(sweep_flow, reference_config(sweep).runner)(sweep)
     print("\n" + markdown_table(result.rows, table_columns(result.rows)))
     print(f"comparison: {result.out_dir.resolve()}")
     print(f"MLflow:     parent run {result.parent_run_id}: {result.run_url}  (start the UI with `make ui`)")

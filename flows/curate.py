@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
 
-from flows.runners import worker_api_url
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from tasks.core import storage
@@ -38,7 +37,7 @@ def curate_flow(cfg: PipelineConfig) -> CurateResult:
     """Turn the configured sources into a deduplicated, filtered train/eval split, with a ledger per stage."""
     storage.configure(cfg.storage)  # an s3:// workdir's endpoint and scratch, for this process and its workers
     log = get_run_logger()
-    with mlflow_run(cfg, "curate"), worker_api_url(cfg.runner):
+    with mlflow_run(cfg, "curate"):
         ingested = ingest_task(cfg)
         exact = exact_dedup_task(ingested, cfg)
         near = near_dedup_task(exact, cfg)

@@ -12,7 +12,7 @@ import mlflow
 from prefect import flow, get_run_logger
 
 from flows.curate import CurateResult, curate_flow
-from flows.runners import on_runner, worker_api_url
+from flows.runners import on_runner
 from flows.tracked import mlflow_run
 from schemas.pipeline import PipelineConfig
 from tasks.core import storage
@@ -49,7 +49,7 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
     # machine's mirror of the tokenize stage (StageOutput.path).
     local = storage.with_local_workdir(cfg)
     log = get_run_logger()
-    with mlflow_run(cfg, "train") as run, worker_api_url(cfg.runner):
+    with mlflow_run(cfg, "train") as run:
         if curated is None:
             curated = on_runner(curate_flow, cfg.runner)(cfg)
         if cfg.train.objective == "sft":

@@ -367,7 +367,9 @@ def describe_storage_error(exc: BaseException, workdir: str | Path) -> str | Non
     """A clear message for a write that failed because the workdir's disk is full, read-only or not ours,
     or because its object store failed (``describe_store_error``); None for any other error. pyarrow reports
     a full disk as 'N requested and M written', without an errno."""
-    if "://" in str(workdir) and not str(workdir).startswith("file://"):
+    from tasks.core.storage import is_remote
+
+    if is_remote(workdir):
         return describe_store_error(exc, str(workdir))
     err = getattr(exc, "errno", None)
     try:

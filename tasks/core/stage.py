@@ -159,6 +159,15 @@ def publish_dir(tmp: Path, final: Path, complete: Callable[[Path], bool] = is_co
     return final
 
 
+def _fill(tmp: Path, name: str, body: Callable[[Path], Ledger]) -> None:
+    """A stage's temporary directory made complete: the body's data, its ledger, then the ``_SUCCESS`` marker."""
+    ledger = body(tmp)
+    pause_point(f"stage.{name}", tmp=tmp)  # test only: the data is written, the marker not yet
+    ledger.stage = ledger.stage or name
+    ledger.write(tmp)
+    (tmp / SUCCESS).write_text("")
+
+
 def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], Ledger]) -> StageOutput:
     """Run ``body(tmpdir) -> Ledger`` unless ``workdir/stages/name/key`` is already complete.
 
@@ -175,11 +184,7 @@ def run_stage(workdir: str | Path, name: str, key: str, body: Callable[[Path], L
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        ledger = body(tmp)
-        pause_point(f"stage.{name}", tmp=tmp)  # test only: the data is written, the marker not yet
-        ledger.stage = ledger.stage or name
-        ledger.write(tmp)
-        (tmp / SUCCESS).write_text("")
+        _fill(tmp, name, body)
         publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -195,11 +200,7 @@ def _run_remote_stage(workdir: str, name: str, key: str, body: Callable[[Path], 
     if is_complete(final):
         return StageOutput(name, key, final)
     with storage.local_scratch(f"{name}-{key}") as tmp:
-        ledger = body(tmp)
-        pause_point(f"stage.{name}", tmp=tmp)  # test only: the data is written, the marker not yet
-        ledger.stage = ledger.stage or name
-        ledger.write(tmp)
-        (tmp / SUCCESS).write_text("")
+        _fill(tmp, name, body)
         storage.put_tree(tmp, final, last=SUCCESS)
         storage.local_copy(final, seed=tmp)  # the next stage reads these files here: no download
     return StageOutput(name, key, final)

@@ -171,17 +171,6 @@ def put_tree(local_dir: Path, location: str, last: str | None = None) -> None:
     fs.invalidate_cache(root)
 
 
-def remove_tree(location: str | os.PathLike) -> None:
-    if not is_remote(location):
-        shutil.rmtree(location, ignore_errors=True)
-        return
-    fs, path = filesystem(location)
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
-
-
 def arrow_filesystem(location: str | os.PathLike) -> tuple[Any, str]:
     """(pyarrow filesystem, path) for ``pyarrow.parquet`` readers and writers of a path or URL: fsspec's
     filesystem wrapped by pyarrow's ``FSSpecHandler``, so the same endpoint and credentials apply."""

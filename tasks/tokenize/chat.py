@@ -334,15 +334,21 @@ def encode_records(tok, ids: list[str], messages: list, cfg: TokenizeConfig, met
 
 # --- worker processes (num_proc > 1): each loads the tokenizer once ---
 _WORKER_TOK = None
+_WORKER_ARGS: tuple | None = None
 
 
 def init_worker(tokenizer_dir: str, revision: str | None, trust_remote_code: bool, template: str | None) -> None:
-    global _WORKER_TOK
+    """Load this worker process's tokenizer (a process pool's initializer, or a task runner's shard task:
+    a second call with the same arguments keeps the one already loaded)."""
+    global _WORKER_TOK, _WORKER_ARGS
+    args = (tokenizer_dir, revision, trust_remote_code, template)
+    if args == _WORKER_ARGS:
+        return
     # Parallelism comes from the processes; Rust threads inside each would only fight over the same cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tasks.tokenize.tokenizer import load_tokenizer
 
-    _WORKER_TOK = load_tokenizer(tokenizer_dir, revision, trust_remote_code, template)
+    _WORKER_TOK, _WORKER_ARGS = load_tokenizer(tokenizer_dir, revision, trust_remote_code, template), args
 
 
 def encode_in_worker(ids: list[str], messages: list, cfg: TokenizeConfig) -> EncodedBatch:

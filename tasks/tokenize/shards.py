@@ -1,7 +1,8 @@
 """Tokenize's encoding on a task runner: one task per input shard, its encodings written beside the stage.
 
-A worker loads the tokenizer once per process, encodes its shard batch by batch (the same batches as the
-in-process path: ``tokenize.batch_size`` rows of one shard file) and pickles each batch's encodings to
+A worker loads the tokenizer once per process (``tasks.tokenize.chat.init_worker``, as a local pool does),
+encodes its shard batch by batch (the same batches as the in-process path: ``tokenize.batch_size`` rows of one
+shard file) and pickles each batch's encodings to
 ``WORK/SPLIT-SHARD-BATCH.pkl`` under the stage's temporary directory; it returns only the batch count. The
 parent then reads them back in input order and packs exactly as the in-process path does, so the rows are
 the same byte for byte whichever runner encoded them. The pickles are our own files, written and read by
@@ -11,7 +12,6 @@ stage's work directory.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,16 +22,7 @@ from schemas.tokenize import TokenizeConfig
 from tasks.core.handoff import read_handoff, write_handoff
 from tasks.core.shards import Mapper
 from tasks.core.stage import shard_paths
-from tasks.tokenize.chat import EncodedBatch, encode_records
-
-
-@functools.cache
-def _tokenizer(tokenizer_dir: str, revision: str | None, trust_remote_code: bool, template: str | None):
-    # Parallelism comes from the runner's workers; Rust threads inside each would fight over the same cores.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from tasks.tokenize.tokenizer import load_tokenizer
-
-    return load_tokenizer(tokenizer_dir, revision, trust_remote_code, template)
+from tasks.tokenize.chat import EncodedBatch, encode_in_worker, init_worker
 
 
 def _pickle_path(work: Path, split: str, shard: int, batch: int) -> Path:
@@ -42,10 +33,10 @@ def encode_shard(item: tuple[str, str, int], tokenizer: tuple[str, str | None, b
                  cfg: TokenizeConfig, work: str) -> int:
     """Worker: encode every batch of one shard ``(split, path, index)``; returns the number of batches."""
     split, path, index = item
-    tok = _tokenizer(*tokenizer)
+    init_worker(*tokenizer)  # once per worker process, as a local pool's initializer does
     n = 0
     for n, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size), start=1):
-        enc = encode_records(tok, batch.column("id").to_pylist(), batch.column("messages").to_pylist(), cfg)
+        enc = encode_in_worker(batch.column("id").to_pylist(), batch.column("messages").to_pylist(), cfg)
         write_handoff(enc, _pickle_path(Path(work), split, index, n - 1))
     return n
 
