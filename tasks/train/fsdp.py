@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from schemas.pipeline import PipelineConfig
-from tasks.train.dist import dist_world
+from tasks.train.dist import all_reduce_max, dist_world
 
 
 class ShardRoot(torch.nn.Module):
@@ -50,6 +50,15 @@ def run_on(model, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     if isinstance(model, ShardRoot):
         return model(fn, *args, **kwargs)
     return fn(model, *args, **kwargs)
+
+
+def forwards_to_run(model, n: int, device: torch.device) -> int:
+    """How many forwards this rank runs over its ``n`` held-out batches: ``n``; sharded, every forward is a
+    collective, so the ranks agree on the largest count before any forward (the caller runs uncounted spare
+    batches up to it)."""
+    if isinstance(model, ShardRoot) and dist_world() > 1:
+        return int(all_reduce_max(n, device))
+    return n
 
 
 def peft_model_of(model):

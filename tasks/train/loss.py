@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from schemas.tokenize import IGNORE_INDEX
 from schemas.train import TrainConfig
 from tasks.train.data import Row, eval_batches
-from tasks.train.dist import all_reduce_floats, all_reduce_max, dist_rank, dist_world
-from tasks.train.fsdp import ShardRoot, run_on
+from tasks.train.dist import all_reduce_floats, dist_rank, dist_world
+from tasks.train.fsdp import forwards_to_run, run_on
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -119,12 +119,9 @@ def mean_eval_loss(model, rows: list[Row], tc: TrainConfig, pad_id: int, device:
     mine = rows[dist_rank()::dist_world()]  # each rank scores its share; the sums are added up below
     batches = list(eval_batches(mine, tc.micro_batch_size, tc.batch_layout, pad_id, tc.eval_max_batches,
                                 tc.pad_to_multiple_of))
-    runs = len(batches)
-    if isinstance(model, ShardRoot) and dist_world() > 1:
-        # Sharded, every forward is a collective: agree on the count first (before any forward, so the collectives
-        # line up), and a rank with fewer batches runs uncounted spare ones until all match.
-        runs = int(all_reduce_max(len(batches), device))
-    spare = next(eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, 1, tc.pad_to_multiple_of), None)
+    runs = forwards_to_run(model, len(batches), device)  # sharded: spare, uncounted batches until all match
+    spare = None if runs == len(batches) else \
+        next(eval_batches(rows, tc.micro_batch_size, tc.batch_layout, pad_id, 1, tc.pad_to_multiple_of))
     for i in range(runs):
         b = (batches[i] if i < len(batches) else spare).to(device)
         part = float(run_on(model, causal_lm_loss_sum, b.input_ids, b.position_ids, b.targets, fused,

@@ -21,9 +21,9 @@ from prefect import task
 from schemas.pipeline import PipelineConfig
 from tasks.core.stage import StageOutput
 from tasks.train.data import DataCursor
-from tasks.train.dist import all_reduce_floats, all_reduce_max, dist_rank, dist_world
-from tasks.train.fsdp import ShardRoot, peft_model_of, run_on
-from tasks.train.loop import Trainer, finish, run_loop, setup_trainer
+from tasks.train.dist import all_reduce_floats, dist_rank, dist_world
+from tasks.train.fsdp import forwards_to_run, peft_model_of, run_on
+from tasks.train.loop import MetricsFn, Trainer, finish, run_loop, setup_trainer
 from tasks.train.loss import use_fused_loss
 from tasks.train.model import load_base_tokenizer, resolve_device
 from tasks.train.preference_data import (
@@ -35,7 +35,7 @@ from tasks.train.preference_data import (
     pair_batch,
 )
 from tasks.train.preference_loss import PreferenceLoss, dpo_loss, kto_kl, kto_loss, sequence_logps
-from tasks.train.recipe import MetricsFn, adapter_key, mlflow_metrics_logger, with_progress_artifact
+from tasks.train.recipe import adapter_key, mlflow_metrics_logger, with_progress_artifact
 
 REF_CACHE = "reference_logps.pt"
 
@@ -159,11 +159,8 @@ def evaluate_rows(scorer: Scorer, rows: list, cfg: PipelineConfig, ref: list[tup
     mb = cfg.train.micro_batch_size
     rank, world = dist_rank(), dist_world()
     starts = list(range(0, len(rows), mb))[rank::world]
-    runs = len(starts)
-    if isinstance(scorer.model, ShardRoot) and world > 1:
-        # Sharded, every forward is a collective: agree on the count before any forward, and a rank with fewer
-        # batches runs uncounted spare ones (KTO's all-reduced KL included) until all match.
-        runs = int(all_reduce_max(len(starts), scorer.device))
+    # sharded: spare, uncounted batches until all ranks match (KTO's all-reduced KL included)
+    runs = forwards_to_run(scorer.model, len(starts), scorer.device)
     for i in range(runs):
         start = starts[i] if i < len(starts) else 0
         chunk = rows[start:start + mb]

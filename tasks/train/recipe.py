@@ -20,24 +20,10 @@ from tasks.core.stage import StageOutput, code_version, digest
 from tasks.train.data import DataCursor, load_rows, micro_batches_for_step
 from tasks.train.dist import all_reduce_floats
 from tasks.train.fsdp import run_on
-from tasks.train.loop import (  # noqa: F401 (re-exported: the recipe's public names)
-    PEAK_BF16_FLOPS,
-    MetricsFn,
-    Trainer,
-    finish,
-    lr_lambda,
-    make_optimizer,
-    peak_flops,
-    run_loop,
-    save_outputs,
-    setup_trainer,
-    sum_gradients,
-)
+from tasks.train.loop import MetricsFn, Trainer, finish, run_loop, setup_trainer
 from tasks.train.loss import causal_lm_loss_sum, mean_eval_loss, use_fused_loss
 from tasks.train.model import count_matmul_params, load_base_tokenizer, resolve_device
 from tasks.train.step_log import BackgroundLog
-
-_sum_gradients = sum_gradients  # the name tasks.train.preference imported
 
 
 class SFTObjective:

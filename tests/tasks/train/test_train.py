@@ -11,8 +11,9 @@ import torch
 from schemas.pipeline import PipelineConfig
 from schemas.train import ModelConfig
 from tasks.tokenize.tokenizer import train_sample_tokenizer
+from tasks.train.loop import lr_lambda
 from tasks.train.model import build_tiny_llama
-from tasks.train.recipe import lr_lambda, train_adapter
+from tasks.train.recipe import train_adapter
 from tasks.train.synthetic import pattern_rows, write_split
 
 INGEST = {"sources": [{"name": "unused", "path": "unused.jsonl"}]}
