@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from bench.process_tree import tree_rss  # noqa: E402
+
 STAGES = ("ingest", "exact_dedup", "near_dedup", "filter")
 
 
@@ -94,18 +97,6 @@ def curate_child(kind: str, data: str, workdir: str) -> None:
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "stages": {s.name: str(s.path) for s in stages},
                       "ledgers": {s.name: s.ledger.to_dict() | {"extra": None} for s in stages}}))
-
-
-def tree_rss(proc) -> int:  # noqa: ANN001 - a psutil.Process
-    import psutil
-
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def run_child(kind: str, data: Path, workdir: Path) -> dict:

@@ -27,6 +27,9 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from bench.process_tree import tree_rss  # noqa: E402
+
 MAIN_PY = str(ROOT / ".venv" / "bin" / "python")
 BENCH_PY = str(ROOT / ".venv-bench" / "bin" / "python")
 
@@ -39,11 +42,7 @@ def measure(cmd: list[str], cwd: Path) -> dict:
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
-        try:
-            tree = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
+        peak = max(peak, tree_rss(root))
         time.sleep(0.05)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

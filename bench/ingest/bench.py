@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from bench.process_tree import tree_rss  # noqa: E402
+
 BAD = [b'{"id": "bad", "messages": [', b"", b'{"id": "x", "messages": "not a list"}', b"\xff\xfe{}"]
 
 
@@ -93,16 +96,7 @@ def wait_sampling_rss(proc: subprocess.Popen, every: float = 0.1) -> tuple[int, 
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             return peak, status, usage
-        total = 0
-        try:
-            for p in [root, *root.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-        peak = max(peak, total)
+        peak = max(peak, tree_rss(root))
         time.sleep(every)
 
 
