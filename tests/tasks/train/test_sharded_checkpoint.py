@@ -2,6 +2,7 @@
 tampered metadata file that would run code is refused (the weights-only promise of tasks.train.checkpoint)."""
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -24,12 +25,20 @@ def test_a_dcp_checkpoint_loads_through_the_safe_reader_with_tensors_and_plain_v
 
 
 class _Evil:
+    """Makes a directory when unpickled. os.mkdir, not print: Ray, once started in the test process, swaps
+    builtins.print for its own, which would change the name the refusal reports."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
     def __reduce__(self):
-        return (print, ("this ran from a checkpoint",))
+        return (os.mkdir, (self.path,))
 
 
 def test_a_tampered_dcp_metadata_file_is_refused(tmp_path):
     dcp.save({"model": {"w": torch.ones(2)}}, checkpoint_id=tmp_path / "dcp")
-    (tmp_path / "dcp" / ".metadata").write_bytes(pickle.dumps(_Evil()))
-    with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
+    marker = tmp_path / "ran-from-a-checkpoint"
+    (tmp_path / "dcp" / ".metadata").write_bytes(pickle.dumps(_Evil(marker)))
+    with pytest.raises(pickle.UnpicklingError, match=r"mkdir, which is not allowed"):
         SafeReader(tmp_path / "dcp").read_metadata()
+    assert not marker.exists()
