@@ -77,6 +77,14 @@ def read_ledger(directory: str | Path) -> Ledger:
     return Ledger.from_dict(json.loads(storage.read_text(storage.join(directory, STATS))))
 
 
+@functools.lru_cache(maxsize=1024)
+def _finished_remote_ledger(url: str) -> str:
+    """The text of a finished stage's ledger at a URL, read once per process: the directory is
+    content-addressed and complete (its marker is written last), so what it holds never changes. The text is
+    parsed afresh on every access, so a caller's edits to its Ledger never reach the cache."""
+    return storage.read_text(storage.join(url, STATS))
+
+
 def digest(*parts: Any) -> str:
     """A short, stable hash of JSON-able parts (pydantic models included)."""
     def norm(p: Any) -> Any:
@@ -129,6 +137,8 @@ class StageOutput:
 
     @property
     def ledger(self) -> Ledger:
+        if storage.is_remote(self.location):  # one GET per finished stage, not one per access
+            return Ledger.from_dict(json.loads(_finished_remote_ledger(self.url)))
         return read_ledger(self.location)
 
     def data(self, sub: str = "data") -> Path:

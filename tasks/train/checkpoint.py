@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.core.handoff import RestrictedUnpickler
 from tasks.train.dist import dist_rank
 from tasks.train.master import MasterWeights
 
@@ -186,33 +187,26 @@ def _load_sharded(ckpt: Path, root, optimizer, scheduler) -> dict[str, Any]:
     return state["progress"]
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Plain pickle restricted to DCP's metadata dataclasses and torch's dtype/size values (the Python docs'
-    "restricting globals"); anything else (a callable smuggled into a tampered file) is refused."""
+def _allowed_in_metadata(module: str, name: str) -> bool:
+    """What a DCP metadata file may rebuild: DCP's metadata dataclasses, torch's dtype/size/layout values, the
+    file slices and paths DCP records, and OrderedDict. Anything else (a callable smuggled into a tampered
+    file) is refused."""
+    from torch.distributed.checkpoint import metadata
 
-    def find_class(self, module: str, name: str):
-        from torch.distributed.checkpoint import metadata
-
-        if module == metadata.__name__ and name in _METADATA_CLASSES:
-            return getattr(metadata, name)
-        if module == "torch":
-            value = getattr(torch, name, None)
-            if value is torch.Size or isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
-                return value
-        if (module, name) == ("torch.distributed.checkpoint.filesystem", "_StorageInfo"):  # a file slice
-            from torch.distributed.checkpoint.filesystem import _StorageInfo
-            return _StorageInfo
-        if (module, name) in (("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "Path")):
-            import pathlib
-            return getattr(pathlib, name)  # the checkpoint's own path, as DCP records it
-        if (module, name) == ("torch.serialization", "_get_layout"):  # a layout looked up by its name
-            return torch.serialization._get_layout
-        if (module, name) == ("collections", "OrderedDict"):
-            import collections
-            return collections.OrderedDict
-        raise pickle.UnpicklingError(f"checkpoint metadata names {module}.{name}, which is not allowed")
+    if module == metadata.__name__:
+        return name in _METADATA_CLASSES
+    if module == "torch":
+        value = getattr(torch, name, None)
+        return value is torch.Size or isinstance(value, (torch.dtype, torch.layout, torch.memory_format))
+    return (module, name) in _METADATA_GLOBALS
 
 
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),  # a file slice
+    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "Path"),  # the checkpoint's own path
+    ("torch.serialization", "_get_layout"),  # a layout looked up by its name
+    ("collections", "OrderedDict"),
+}
 _METADATA_CLASSES = {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
                      "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"}
 
@@ -227,7 +221,7 @@ def _make_safe_reader():
         def read_metadata(self, *args: Any, **kwargs: Any):
             path = self._get_metadata_path(kwargs.get("rank"))
             with self.fs.create_stream(path, "rb") as f:
-                metadata = _MetadataUnpickler(f).load()
+                metadata = RestrictedUnpickler(f, _allowed_in_metadata, "checkpoint metadata").load()
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id

@@ -70,6 +70,15 @@ def test_remote_stage_is_uploaded_marker_last_and_reused(s3, tmp_path):
     assert again == out and len(calls) == 1  # complete in the store: the body does not run
 
 
+def test_a_finished_remote_stage_ledger_is_read_from_the_store_once(s3):
+    out = run_stage(f"s3://{BUCKET}/w-ledger", "t", "k1", body([]))
+    first = out.ledger
+    first.extra["edited"] = True  # a caller's edit never reaches the cache
+    s3.client().delete_object(Bucket=BUCKET, Key="w-ledger/stages/t/k1/stats.json")
+    again = out.ledger  # served without a second GET: the object is gone from the store now
+    assert again.kept == 3 and again.extra == {} and again is not first
+
+
 def test_a_killed_upload_is_not_trusted_and_its_leftovers_go(s3):
     client = s3.client()
     # what an upload killed before its marker leaves: a ledger and a shard this run will not write
