@@ -62,21 +62,19 @@ def train_flow(cfg: PipelineConfig, curated: CurateResult | None = None) -> Trai
             tracking.log_ledger(tokenized)
             tracking.log_tokenized_dataset(tokenized, cfg.name)
             trained = train_task(tokenized, base, local, run.info.run_id)
-            adapter_dir = Path(trained["adapter_dir"])
-            if cfg.train.node_rank > 0:  # multi-node: node 0's run evaluates, logs and registers the adapter
-                log.info("node %d of %d: training done; node 0 evaluates and registers", cfg.train.node_rank,
-                         cfg.train.nnodes)
-                return TrainResult(adapter_dir, run.info.run_id, "", None, trained)
-            evaluation = evaluate_task(tokenized, base, adapter_dir, cfg, split)
+            evaluate = lambda adapter: evaluate_task(tokenized, base, adapter, cfg, split)  # noqa: E731
         else:
             base = prepare_base_model_task(local, curated.split)
             tokenized = preference_tokenize_task(curated.split, base, cfg)
             tracking.log_ledger(tokenized)
             trained = preference_train_task(tokenized, base, local, run.info.run_id)
-            adapter_dir = Path(trained["adapter_dir"])
-            if cfg.train.node_rank > 0:
-                return TrainResult(adapter_dir, run.info.run_id, "", None, trained)
-            evaluation = preference_evaluate_task(tokenized, base, adapter_dir, cfg)
+            evaluate = lambda adapter: preference_evaluate_task(tokenized, base, adapter, cfg)  # noqa: E731
+        adapter_dir = Path(trained["adapter_dir"])
+        if cfg.train.node_rank > 0:  # multi-node: node 0's run evaluates, logs and registers the adapter
+            log.info("node %d of %d: training done; node 0 evaluates and registers", cfg.train.node_rank,
+                     cfg.train.nnodes)
+            return TrainResult(adapter_dir, run.info.run_id, "", None, trained)
+        evaluation = evaluate(adapter_dir)
         mlflow.log_metrics({f"final.{k}": float(v) for k, v in {**trained, **evaluation}.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")

@@ -17,15 +17,9 @@ def dist_rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
-def all_reduce_floats(values: list[float], device: torch.device) -> list[float]:
-    """The sum of ``values`` over all ranks, in float64."""
+def all_reduce_floats(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    """``values`` reduced over all ranks in float64, element by element: their sum, or with op="max" the
+    largest."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
     return t.tolist()
-
-
-def all_reduce_max(value: float, device: torch.device) -> float:
-    """The largest ``value`` over all ranks."""
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t)

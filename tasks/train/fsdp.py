@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from schemas.pipeline import PipelineConfig
-from tasks.train.dist import all_reduce_max, dist_world
+from tasks.train.dist import all_reduce_floats, dist_world
 
 
 class ShardRoot(torch.nn.Module):
@@ -57,7 +57,7 @@ def forwards_to_run(model, n: int, device: torch.device) -> int:
     collective, so the ranks agree on the largest count before any forward (the caller runs uncounted spare
     batches up to it)."""
     if isinstance(model, ShardRoot) and dist_world() > 1:
-        return int(all_reduce_max(n, device))
+        return int(all_reduce_floats([n], device, op="max")[0])
     return n
 
 
