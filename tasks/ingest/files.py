@@ -10,11 +10,14 @@ source goes on, unless ``ingest.unreadable_files: fail``.
 
 Small plain local files share one part (few shards for a directory of many files); compressed, Parquet,
 remote and big files get a part each; big JSON-lines files are split over processes (tasks.ingest.parallel).
+On a task runner (``runner.kind`` processes or ray) each of those parts is one task, so the files of a source
+are read in parallel; the parts, the lineage and the digest are those of the sequential read.
 """
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +26,19 @@ from typing import Any
 import fsspec
 
 from schemas.ingest import IngestConfig, SourceConfig
+from tasks.core import storage
 from tasks.core.errors import SourceError
+from tasks.core.handoff import read_handoff, write_handoff
 from tasks.core.recovery import is_disk_full
 from tasks.core.shards import Mapper
 from tasks.ingest.convert import DETECT_ROWS, FLUSH_BYTES, PartResult, RowConverter
-from tasks.ingest.listing import COMPRESSIONS, list_source
+from tasks.ingest.listing import COMPRESSIONS, Entry, list_source
 from tasks.ingest.parallel import can_split, convert_split
 from tasks.ingest.presets import RowError, detect_format, resolve_fields
 from tasks.ingest.readers import NoHash, SourceStats, file_kind, read_file, shown_path
 from tasks.ingest.rows import Row
 
+HANDOFFS = "_groups"  # where runner workers leave what they read, for this process to merge (then removed)
 FILE_REASONS = ("corrupt_file", "unreadable_file", "special_file", "dangling_link")
 
 
@@ -111,7 +117,7 @@ class SourceReader:
     def __init__(self, src: SourceConfig, cfg: IngestConfig, out: Path, index: int, stats: SourceStats,
                  mapper: Mapper | None = None):
         self.src, self.cfg, self.out, self.index, self.stats = src, cfg, out, index, stats
-        self.mapper = mapper  # where split files' byte ranges run: a task runner, or None (a local pool)
+        self.mapper = mapper  # a task runner for the files and split files' byte ranges, or None (this process)
         self.result = SourceFiles()
         self.shared: RowConverter | None = None
         self.n_in = 0
@@ -148,14 +154,24 @@ class SourceReader:
 
     def read(self) -> SourceFiles:
         fs, entries = list_source(self.src.path)
-        for f_index, entry in enumerate(entries):
+        if self.mapper is not None and self.src.limit is None:
+            self._read_mapped(fs, entries)
+        else:  # in order in this process (a row limit is counted across files, so it reads them one by one)
+            self.read_entries(fs, list(enumerate(entries)))
+        return self.result
+
+    def read_entries(self, fs: fsspec.AbstractFileSystem, entries: list[tuple[int, Entry]]) -> None:
+        """Read ``entries`` (each with its index in the source's listing, which names its part) in order."""
+        for f_index, entry in entries:
             left = self._left()
             if left is not None and left <= 0:
                 break
             shown = shown_path(fs, entry.path)
             if entry.error is not None:
                 self._reject_file(self._converter(f_index, own=False), shown, entry.error)
-            elif can_split(fs, entry.path, self.cfg, self.src):
+                continue
+            self.stats.start_file()
+            if can_split(fs, entry.path, self.cfg, self.src):
                 self._read_split(fs, entry.path, shown, f_index)
             else:
                 own = _own_part(fs, entry.path)
@@ -163,8 +179,34 @@ class SourceReader:
                 self._read_file(conv, fs, entry.path, shown)
                 if own:
                     self.result.parts.append(conv.close())
+            self.stats.end_file()
         self._close_shared()
-        return self.result
+
+    def _read_mapped(self, fs: fsspec.AbstractFileSystem, entries: list[Entry]) -> None:
+        """Every file on the task runner: one task per group of entries that make one part (a file with a
+        part of its own, or a run of small files and unreadable entries that share one), each writing its
+        part under ``out`` as ``read_entries`` would; big JSON-lines files are split into byte-range tasks
+        by this process. The results are merged in listing order, so the parts, the lineage and the digest
+        are the ones a sequential read gives."""
+        groups = plan_groups(fs, entries, self.cfg, self.src)
+        jobs = [(self.src.model_dump(), self.cfg.model_dump(), str(self.out), self.index, group)
+                for split, group in groups if not split]
+        handoffs = iter(self.mapper(read_group_to_file, jobs)) if jobs else iter(())  # type: ignore[misc]
+        for split, group in groups:
+            if split:
+                (f_index, entry), = group
+                self.stats.start_file()
+                self._read_split(fs, entry.path, shown_path(fs, entry.path), f_index)
+                self.stats.end_file()
+                continue
+            path = Path(next(handoffs))
+            read = read_handoff(path)
+            path.unlink()
+            self.result.parts += read["parts"]
+            self.result.files += read["files"]
+            self.stats.merge(read["stats"])
+            self.n_in += read["n_in"]
+        shutil.rmtree(self.out / HANDOFFS, ignore_errors=True)  # the stage's output holds data/ and rejects/ only
 
     def _read_file(self, conv: RowConverter, fs: fsspec.AbstractFileSystem, path: str, shown: str) -> None:
         inner = read_file(fs, path, self.stats, self.cfg.max_record_bytes)
@@ -215,6 +257,43 @@ class SourceReader:
         n = sum(p.n_in for p in parts)
         self.n_in += n
         self.result.files.append({"file": shown, "format": preset or "per row", "rows": n, "quarantined": ""})
+
+
+def plan_groups(fs: fsspec.AbstractFileSystem, entries: list[Entry], cfg: IngestConfig, src: SourceConfig
+                ) -> list[tuple[bool, list[tuple[int, Entry]]]]:
+    """The listing cut the way ``SourceReader.read_entries`` cuts it into parts: (split, [(index, entry)])
+    for each big JSON-lines file split into byte ranges (split=True), each file with a part of its own, and
+    each run of small files and unreadable entries, which share one part."""
+    groups: list[tuple[bool, list[tuple[int, Entry]]]] = []
+    run: list[tuple[int, Entry]] = []
+    for f_index, entry in enumerate(entries):
+        split = entry.error is None and can_split(fs, entry.path, cfg, src)
+        if split or (entry.error is None and _own_part(fs, entry.path)):
+            if run:
+                groups.append((False, run))
+                run = []
+            groups.append((split, [(f_index, entry)]))
+        else:
+            run.append((f_index, entry))
+    if run:
+        groups.append((False, run))
+    return groups
+
+
+def read_group_to_file(job: tuple) -> str:
+    """Runner worker: read one group of ``plan_groups`` into its part under the stage directory; what it saw
+    (the part results, which hold a key per kept row, the files table, the per-file digests) goes to a handoff
+    file there rather than through the task runner."""
+    src_json, cfg_json, out, index, group = job
+    src, cfg = SourceConfig.model_validate(src_json), IngestConfig.model_validate(cfg_json)
+    fs, _ = storage.filesystem(src.path)
+    reader = SourceReader(src, cfg, Path(out), index, SourceStats())
+    reader.read_entries(fs, group)
+    target = Path(out) / HANDOFFS / f"group-{index:03d}-{group[0][0]:05d}.pkl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_handoff({"parts": reader.result.parts, "files": reader.result.files, "stats": reader.stats.as_dict(),
+                   "n_in": reader.n_in}, target)
+    return str(target)
 
 
 def _chain(head: list[Row | _Failure], rest: Iterator[Row | _Failure]) -> Iterator[Row | _Failure]:

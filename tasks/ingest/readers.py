@@ -65,17 +65,45 @@ class NoHash:
 
 @dataclass
 class SourceStats:
-    """What a reader saw of its source: the files, a digest of every byte or row read, the fields."""
+    """What a reader saw of its source: the files, a digest of every byte or row read, the fields.
+
+    A file source is hashed file by file (``start_file`` / ``end_file``) and its digest combines the
+    per-file digests in file order, so files read in parallel, on any runner, give the digest a sequential
+    read gives. A hub source's rows go into the one ``hasher``."""
 
     files: list[str] = field(default_factory=list)
     hasher: Any = field(default_factory=hashlib.sha256)
     fields: dict[str, str] = field(default_factory=dict)
     bytes_read: int = 0
     lines: int = 0
+    file_digests: list[str] = field(default_factory=list)
 
     def note_fields(self, row: Any) -> None:
         if not self.fields and isinstance(row, dict):
             self.fields = {str(k): type(v).__name__ for k, v in row.items()}
+
+    def start_file(self) -> None:
+        self.hasher = hashlib.sha256()
+
+    def end_file(self) -> None:
+        self.file_digests.append(self.hasher.hexdigest())
+
+    def digest(self) -> str:
+        if not self.file_digests:
+            return self.hasher.hexdigest()
+        return hashlib.sha256("\n".join(self.file_digests).encode()).hexdigest()
+
+    def merge(self, other: dict[str, Any]) -> None:
+        """Add what another reader saw of later files of the same source (``as_dict`` of its stats)."""
+        self.files += other["files"]
+        self.fields = self.fields or other["fields"]
+        self.bytes_read += other["bytes_read"]
+        self.lines += other["lines"]
+        self.file_digests += other["file_digests"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "fields": self.fields, "bytes_read": self.bytes_read, "lines": self.lines,
+                "file_digests": self.file_digests}
 
 
 def _strip_compression(name: str) -> str:

@@ -138,7 +138,7 @@ def ingest_source(src: SourceConfig, cfg: IngestConfig, out: Path, index: int, m
     fields = stats.fields or next((p.fields for p in parts if p.fields), {})
     return {"name": src.name, "path": src.path, "format": fmt, "weight": src.weight,
             "files": stats.files[:50], "n_files": len(stats.files), "bytes_read": stats.bytes_read,
-            "digest": stats.hasher.hexdigest()[:32], "rows_in": n_in, "kept": kept,
+            "digest": stats.digest()[:32], "rows_in": n_in, "kept": kept,
             "dropped": dict(sorted(dropped.items())), "schema": fields, "file_formats": files[:1000],
             **({"unmapped_annotation_keys": dict(unmapped.most_common(20))} if unmapped else {}),
             **({"split": src.split, "revision": src.revision} if src.path.startswith(("hf:", "disk:")) else {})}
@@ -146,7 +146,8 @@ def ingest_source(src: SourceConfig, cfg: IngestConfig, out: Path, index: int, m
 
 def ingest(cfg: IngestConfig, out: Path, mapper: Mapper | None = None) -> Ledger:
     """Read every source into ``out/data`` (records) and ``out/rejects`` (quarantine); return the ledger.
-    ``mapper`` converts big files' byte ranges on a task runner (default: a local process pool)."""
+    ``mapper`` reads the files (one task per part) and big files' byte ranges on a task runner (default: in this
+    process, big files over a local process pool)."""
     out = Path(out)
     ledger = Ledger("ingest")
     lineage = []

@@ -2,9 +2,11 @@
 
 Every stage's output (data, rejects, maps, reports) must be the same bytes whichever runner ran its shard
 tasks, and its ledger the same counts; only wall-time figures may differ. The work is cut by the stages'
-own settings (two byte ranges for ingest, several dedup units, one filter task per shard, one tokenize
-task per shard), so each runner really gets several tasks per stage.
+own settings (ingest: a part per file or run of small files, and two byte ranges of the big one; several
+dedup units, one filter task per shard, one tokenize task per shard), so each runner really gets several
+tasks per stage.
 """
+import gzip
 import json
 from pathlib import Path
 
@@ -32,10 +34,25 @@ def tokenize_flow(split: StageOutput, tokenizer_dir: str, cfg: PipelineConfig) -
         return tokenize_task(split, tokenizer_dir, cfg)
 
 
+def source_dir(tmp: Path) -> Path:
+    """The sample (1.1 MB: split into two byte ranges) beside a gzipped file (a part of its own) and two small
+    files (one shared part), all cut from the sample: their ids come first in listing order, so the sample's
+    own copies of those rows are quarantined as duplicate_id, across parts written by different tasks."""
+    src = tmp / "source"
+    src.mkdir()
+    sample = (ROOT / "data/sample.jsonl").read_bytes()
+    rows = sample.splitlines(keepends=True)
+    (src / "extra-a.jsonl.gz").write_bytes(gzip.compress(b"".join(rows[:60]), mtime=0))
+    (src / "extra-b.jsonl").write_bytes(b"".join(rows[60:90]))
+    (src / "extra-c.jsonl").write_bytes(b"".join(rows[90:100]))
+    (src / "sample.jsonl").write_bytes(sample)
+    return src
+
+
 def config(tmp: Path, kind: str) -> PipelineConfig:
     return load_config(ROOT / "configs/sample.yaml", [
         f"workdir={tmp / kind}", f"tracking.tracking_uri=sqlite:///{tmp / kind / 'mlruns.db'}",
-        f"ingest.sources.0.path={ROOT / 'data/sample.jsonl'}",
+        f"ingest.sources.0.path={tmp / 'source'}",
         "ingest.workers=2", "ingest.parallel_min_bytes=100000",  # the sample (1.1 MB) in two byte ranges
         "dedup.unit_rows=500", "filters.workers=2", "tokenize.batch_size=300",  # several dedup units and shards
         f"runner.kind={kind}", "runner.workers=2"])
@@ -44,6 +61,7 @@ def config(tmp: Path, kind: str) -> PipelineConfig:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, prefect_harness, ray_session):
     tmp = tmp_path_factory.mktemp("runners")
+    source_dir(tmp)
     texts = (ROOT / "data/sample.jsonl").read_bytes().decode(errors="replace").splitlines()[:400]
     tok_dir = str(train_sample_tokenizer(texts, tmp / "tok", vocab_size=600))
     out = {}
@@ -127,7 +145,7 @@ def test_ledgers_are_the_same_but_for_timings(runs, kind):
 def test_every_stage_sent_its_shards_to_the_runner(runs, kind):
     tasks = runs[kind][2]
     assert set(tasks) == {"ingest", "exact_dedup", "near_dedup", "filter", "tokenize"}, tasks
-    assert tasks["ingest"] == 2  # the two byte ranges
+    assert tasks["ingest"] == 4  # the gzipped file, the two small ones, the sample's two byte ranges
     assert tasks["filter"] == len(list(runs[kind][1][2].data().glob("*.parquet")))  # one per input shard
     assert tasks["tokenize"] == 2  # the train and the eval shard
     assert runs["local"][2] == {}  # local: the stages' own loops and pools, no shard tasks
@@ -136,7 +154,8 @@ def test_every_stage_sent_its_shards_to_the_runner(runs, kind):
 def test_the_work_was_split_into_several_shard_tasks(runs):
     cfg, stages, _ = runs["local"]
     by_name = {s.name: s for s in stages}
-    assert len(by_name["ingest"].ledger.extra["sources"][0]["files"]) == 1
-    assert len(list(by_name["ingest"].data().glob("part-000-00000-0000[01]-*.parquet"))) == 2  # two byte ranges
+    ingested = by_name["ingest"].ledger
+    assert len(ingested.extra["sources"][0]["files"]) == 4 and ingested.dropped["duplicate_id"] == 1 + 100  # planted + copied
+    assert len(list(by_name["ingest"].data().glob("part-000-00003-0000[01]-*.parquet"))) == 2  # two byte ranges
     assert len(list(by_name["near_dedup"].data().glob("*.parquet"))) >= 3  # several dedup units
     assert by_name["near_dedup"].ledger.dropped  # the sample has near-duplicates: the mapped steps found them
