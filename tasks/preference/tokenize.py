@@ -7,21 +7,28 @@ earlier assistant turns are context, not part of the preferred response. A pair 
 are; otherwise it is dropped with the failing side's reason (``chosen:too_long``, ...).
 
 Rows are not packed: DPO needs one log-probability per sequence, and the trainer batches both sides of a
-pair together (tasks.train.preference_data).
+pair together (tasks.train.preference_data). On a task runner (``runner.kind`` processes or ray) each input
+shard is one task; the parent writes the batches in input order, so the rows are the same on every runner.
 """
 from __future__ import annotations
 
+import functools
+import shutil
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect import task
 
 from schemas.pipeline import PipelineConfig
 from schemas.preference import PAIR_SCHEMA, PAIR_TOKENS_SCHEMA, UNPAIRED_SCHEMA, UNPAIRED_TOKENS_SCHEMA
 from schemas.tokenize import IGNORE_INDEX, TokenizeConfig
+from tasks.core.handoff import read_handoff, write_handoff
+from tasks.core.shards import Mapper, stage_mapper
 from tasks.core.stage import (
     Ledger,
     ShardWriter,
@@ -30,9 +37,10 @@ from tasks.core.stage import (
     digest,
     iter_batches,
     run_stage,
+    shard_paths,
     with_reject_columns,
 )
-from tasks.tokenize.chat import encode_records, mask_method
+from tasks.tokenize.chat import encode_records, init_worker, mask_method, worker_tokenizer
 from tasks.tokenize.tokenizer import load_tokenizer, tokenizer_digest
 
 STAGE = "preference-tokenize"
@@ -119,12 +127,58 @@ def tokenize_unpaired(batch: pa.RecordBatch, tok, cfg: TokenizeConfig, method: s
     return pa.table(cols, schema=UNPAIRED_TOKENS_SCHEMA), bad, why
 
 
+def tokenize_batch(batch: pa.RecordBatch, tok, cfg: TokenizeConfig, method: str, objective: str
+                   ) -> tuple[pa.Table, list, list]:
+    return (tokenize_pairs if objective == "dpo" else tokenize_unpaired)(batch, tok, cfg, method)
+
+
+def _response_only(cfg: TokenizeConfig) -> TokenizeConfig:
+    return cfg.model_copy(update={"train_on": "assistant"})  # a preference is about the response, never the prompt
+
+
+def _work_file(work: Path, split: str, shard: int, batch: int, ext: str) -> Path:
+    return work / f"{split}-{shard:05d}-{batch:06d}.{ext}"
+
+
+def tokenize_shard(item: tuple[str, str, int], tokenizer: tuple[str, str | None, bool, str | None],
+                   cfg: TokenizeConfig, objective: str, work: str) -> int:
+    """Runner worker: tokenize every batch of one input shard ``(split, path, index)`` (the batches of the
+    in-process path); each batch's rows go to a Parquet file and its rejects to a handoff file in ``work``,
+    for the parent to write in input order. Returns the number of batches."""
+    split, path, index = item
+    init_worker(*tokenizer)  # once per worker process
+    tok, cfg = worker_tokenizer(), _response_only(cfg)
+    method = mask_method(tok, "assistant")
+    n = 0
+    for n, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size), start=1):
+        table, bad, why = tokenize_batch(batch, tok, cfg, method, objective)
+        pq.write_table(table, _work_file(Path(work), split, index, n - 1, "parquet"))
+        write_handoff({"bad": bad, "why": why}, _work_file(Path(work), split, index, n - 1, "pkl"))
+    return n
+
+
+def _batches_from_runner(pref_dir: Path, split: str, counts: list[int], cfg: TokenizeConfig, work: Path
+                         ) -> Iterator[tuple[pa.RecordBatch, tuple[pa.Table, list, list]]]:
+    """The input batches of ``split`` with what the workers made of them, in input order."""
+    for index, path in enumerate(shard_paths(pref_dir / split)):
+        for b, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size)):
+            if b >= counts[index]:
+                raise RuntimeError(f"{STAGE}: shard {path} has more batches than its worker tokenized")
+            rows, rejected = _work_file(work, split, index, b, "parquet"), _work_file(work, split, index, b, "pkl")
+            table, got = pq.read_table(rows), read_handoff(rejected)
+            rows.unlink()
+            rejected.unlink()
+            yield batch, (table, got["bad"], got["why"])
+
+
 def tokenize_preferences(pref_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, objective: str, out: Path,
-                         revision: str | None = None, trust_remote_code: bool = False) -> Ledger:
-    """Stage body: ``pref_dir/{train,eval}`` -> ``out/{train,eval}`` and ``out/rejects``."""
+                         revision: str | None = None, trust_remote_code: bool = False,
+                         mapper: Mapper | None = None) -> Ledger:
+    """Stage body: ``pref_dir/{train,eval}`` -> ``out/{train,eval}`` and ``out/rejects``. ``mapper``:
+    tokenize on a task runner, one task per input shard (default: in this process); the rows are the same."""
     pref_dir, out = Path(pref_dir), Path(out)
     tok = load_tokenizer(tokenizer_dir, revision, trust_remote_code, cfg.chat_template)
-    cfg = cfg.model_copy(update={"train_on": "assistant"})  # a preference is about the response, never the prompt
+    cfg = _response_only(cfg)
     method = mask_method(tok, "assistant")
     paired = objective == "dpo"
     in_schema, out_schema = (PAIR_SCHEMA, PAIR_TOKENS_SCHEMA) if paired else (UNPAIRED_SCHEMA, UNPAIRED_TOKENS_SCHEMA)
@@ -132,23 +186,36 @@ def tokenize_preferences(pref_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig
                                                  pa.field("reject_reason", pa.string()),
                                                  pa.field("reject_detail", pa.string()),
                                                  pa.field("split", pa.string())])
+    work = out / "_tokenized"
+    counts = None
+    if mapper is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        items = [(split, str(p), i) for split in SPLITS for i, p in enumerate(shard_paths(pref_dir / split))]
+        done = mapper(functools.partial(tokenize_shard, tokenizer=(tokenizer_dir, revision, trust_remote_code,
+                                                                   cfg.chat_template),
+                                        cfg=cfg, objective=objective, work=str(work)), items)
+        counts = {split: [n for (s, _, _), n in zip(items, done, strict=True) if s == split] for split in SPLITS}
     ledger = Ledger(STAGE)
     extra: Counter = Counter()
-    with ShardWriter(out / "rejects", reject_schema) as rejects:
-        for split in SPLITS:
-            with ShardWriter(out / split, out_schema) as rows_out:
-                for batch in iter_batches(pref_dir / split, batch_size=cfg.batch_size):
-                    fn = tokenize_pairs if paired else tokenize_unpaired
-                    table, bad, why = fn(batch, tok, cfg, method)
-                    rows_out.write(table)
-                    ledger.n_in += batch.num_rows
-                    ledger.kept += table.num_rows
-                    ledger.dropped.update(why)
-                    extra[f"{split}_rows"] += table.num_rows
-                    extra[f"{split}_tokens"] += int(pc.sum(table.column("num_tokens")).as_py() or 0)
-                    if bad:
-                        t = with_reject_columns(pa.Table.from_batches([batch]).take(bad), STAGE, why)
-                        rejects.write(t.append_column("split", pa.array([split] * len(bad), pa.string())))
+    try:
+        with ShardWriter(out / "rejects", reject_schema) as rejects:
+            for split in SPLITS:
+                with ShardWriter(out / split, out_schema) as rows_out:
+                    batches = ((batch, tokenize_batch(batch, tok, cfg, method, objective))
+                               for batch in iter_batches(pref_dir / split, batch_size=cfg.batch_size)) \
+                        if counts is None else _batches_from_runner(pref_dir, split, counts[split], cfg, work)
+                    for batch, (table, bad, why) in batches:
+                        rows_out.write(table)
+                        ledger.n_in += batch.num_rows
+                        ledger.kept += table.num_rows
+                        ledger.dropped.update(why)
+                        extra[f"{split}_rows"] += table.num_rows
+                        extra[f"{split}_tokens"] += int(pc.sum(table.column("num_tokens")).as_py() or 0)
+                        if bad:
+                            t = with_reject_columns(pa.Table.from_batches([batch]).take(bad), STAGE, why)
+                            rejects.write(t.append_column("split", pa.array([split] * len(bad), pa.string())))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if extra["train_rows"] == 0:
         raise ValueError(f"{STAGE}: no training {'pairs' if paired else 'examples'} left "
                          f"({dict(ledger.dropped) or 'the preference stage made none'})")
@@ -162,6 +229,7 @@ def preference_tokenize_task(pref: StageOutput, tokenizer_dir: str, cfg: Pipelin
     code = code_version("tasks.preference.tokenize", "tasks.tokenize", "tasks.core.stage")
     key = digest(STAGE, code, cfg.tokenize.cache_settings(), cfg.train.objective, pref.key,
                  tokenizer_digest(tokenizer_dir, cfg.model.revision))
+    mapper = stage_mapper(cfg.runner, STAGE)
     return run_stage(cfg.workdir, STAGE, key, lambda tmp: tokenize_preferences(
         pref.path, tokenizer_dir, cfg.tokenize, cfg.train.objective, tmp, cfg.model.revision,
-        cfg.model.trust_remote_code))
+        cfg.model.trust_remote_code, mapper))

@@ -351,5 +351,10 @@ def init_worker(tokenizer_dir: str, revision: str | None, trust_remote_code: boo
     _WORKER_TOK, _WORKER_ARGS = load_tokenizer(tokenizer_dir, revision, trust_remote_code, template), args
 
 
+def worker_tokenizer():
+    """The tokenizer ``init_worker`` loaded in this process."""
+    return _WORKER_TOK
+
+
 def encode_in_worker(ids: list[str], messages: list, cfg: TokenizeConfig) -> EncodedBatch:
     return encode_records(_WORKER_TOK, ids, messages, cfg)

@@ -55,3 +55,27 @@ def test_pairs_are_masked_to_the_final_response_and_rejected_together(tmp_path, 
     assert row["num_tokens"] == len(row["chosen_input_ids"]) + len(row["rejected_input_ids"])
     rejects = read_table(tmp_path / "tok" / "rejects").to_pylist()
     assert [(r["pair_id"], r["reject_reason"], r["split"]) for r in rejects] == [("p2", "rejected:too_long", "train")]
+
+
+def test_on_a_task_runner_the_rows_are_the_sequential_ones(tmp_path, tok_dir):
+    """One task per input shard (here run in this process, in order and last to first): the same files."""
+    import hashlib
+
+    user = [{"role": "user", "content": "What is two plus two?"}]
+    rows = [pair(f"p{i}", user, "Four. " * (1 + i % 3), "Five. " * (80 if i % 4 == 3 else 1)) for i in range(14)]
+    for split, part in (("train", rows[:10]), ("eval", rows[10:])):
+        with ShardWriter(tmp_path / "pref" / split, PAIR_SCHEMA, shard_rows=4) as w:  # several input shards
+            w.write(pa.Table.from_pylist(part, schema=PAIR_SCHEMA))
+    cfg = TokenizeConfig(max_seq_len=64, batch_size=3)  # several batches per shard
+
+    def files(out):
+        return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(out.rglob("*")) if p.is_file()}
+
+    seq = tokenize_preferences(tmp_path / "pref", tok_dir, cfg, "dpo", tmp_path / "seq")
+    assert seq.dropped and seq.kept
+    for name, mapper in (("in-order", lambda fn, items: [fn(i) for i in items]),
+                         ("reversed", lambda fn, items: [fn(i) for i in reversed(items)][::-1])):
+        got = tokenize_preferences(tmp_path / "pref", tok_dir, cfg, "dpo", tmp_path / name, mapper=mapper)
+        assert got.to_dict() == seq.to_dict(), name
+        assert files(tmp_path / name) == files(tmp_path / "seq"), name
