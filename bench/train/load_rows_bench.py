@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tasks.core.stage import iter_batches  # noqa: E402
-from tasks.train.data import Row, load_rows, shift_targets  # noqa: E402
+from tasks.train.data import TrainingRow, load_rows, shift_targets  # noqa: E402
 from tasks.train.synthetic import write_split  # noqa: E402
 
 ROWS, SEQ = int(os.environ.get("ROWS", 20000)), int(os.environ.get("SEQ", 2048))
 
 
-def old_load_rows(split_dir) -> list[Row]:
+def old_load_rows(split_dir) -> list[TrainingRow]:
     """The reader before issue 19, verbatim."""
     rows = []
     for batch in iter_batches(split_dir, columns=["input_ids", "labels", "position_ids"]):
@@ -33,7 +33,7 @@ def old_load_rows(split_dir) -> list[Row]:
                                     strict=True):
             ids, labels, pos = (np.asarray(a, dtype=np.int64) for a in (ids, labels, pos))
             if len(ids):
-                rows.append(Row(ids, shift_targets(labels, pos), pos))
+                rows.append(TrainingRow(ids, shift_targets(labels, pos), pos))
     return rows
 
 

@@ -19,7 +19,7 @@ from tasks.core.pause import pause_point
 from tasks.core.stage import StageOutput, code_version, digest
 from tasks.evaluate.evalsets import EvalSet, eval_sets_digest, file_set, heldout_set
 from tasks.evaluate.scoring import flat_metrics, score_sets
-from tasks.train.data import Row, load_rows
+from tasks.train.data import TrainingRow, load_rows
 from tasks.train.loss import mean_eval_loss, use_fused_loss
 from tasks.train.model import load_base_model, load_base_tokenizer, resolve_device, set_cpu_threads
 
@@ -35,7 +35,7 @@ def load_eval_sets(cfg: EvalConfig, eval_records_dir: Path | None) -> list[EvalS
     return sets
 
 
-def prompt_ids(row: Row) -> list[int]:
+def prompt_ids(row: TrainingRow) -> list[int]:
     """The prompt of the row's first sequence: its tokens up to the first one that carries a loss."""
     first_seq_end = next((i for i in range(1, len(row)) if row.position_ids[i] == 0), len(row))
     has_loss = np.nonzero(row.targets[:first_seq_end] != IGNORE_INDEX)[0]

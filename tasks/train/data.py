@@ -19,7 +19,9 @@ from tasks.core.stage import iter_batches, shard_paths
 
 
 @dataclass
-class Row:
+class TrainingRow:
+    """One packed training row as the trainer reads it (tasks.ingest.rows.Row is a source row, before conversion)."""
+
     input_ids: np.ndarray
     targets: np.ndarray  # next-token targets, -100 where no loss
     position_ids: np.ndarray
@@ -48,11 +50,11 @@ class _Chunk:
     position_ids: np.ndarray
 
 
-class TokenizedRows(Sequence[Row]):
+class TokenizedRows(Sequence[TrainingRow]):
     """The rows of a tokenized split, held as the flat int32 columns Arrow read them into.
 
     ``input_ids`` and ``position_ids`` are views on Arrow's buffers (no copy, no per-row Python lists); the
-    shifted targets are computed once per record batch, vectorised. ``rows[i]`` is a ``Row`` of views.
+    shifted targets are computed once per record batch, vectorised. ``rows[i]`` is a ``TrainingRow`` of views.
     """
 
     def __init__(self, chunks: list[_Chunk]):
@@ -63,10 +65,10 @@ class TokenizedRows(Sequence[Row]):
         return int(self._first[-1])
 
     @overload
-    def __getitem__(self, i: int) -> Row: ...
+    def __getitem__(self, i: int) -> TrainingRow: ...
 
     @overload
-    def __getitem__(self, i: slice) -> list[Row]: ...
+    def __getitem__(self, i: slice) -> list[TrainingRow]: ...
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -78,7 +80,7 @@ class TokenizedRows(Sequence[Row]):
         c = int(np.searchsorted(self._first, i, side="right")) - 1
         chunk, k = self._chunks[c], i - int(self._first[c])
         a, b = int(chunk.starts[k]), int(chunk.ends[k])
-        return Row(chunk.input_ids[a:b], chunk.targets[a:b], chunk.position_ids[a:b])
+        return TrainingRow(chunk.input_ids[a:b], chunk.targets[a:b], chunk.position_ids[a:b])
 
 
 def _flat_column(batch, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +156,7 @@ class Batch:
                      self.targets.to(device, non_blocking=nb), self.n_tokens, self.n_loss_tokens)
 
 
-def collate(rows: Sequence[Row], layout: str = "flat", pad_id: int = 0, multiple: int = 1) -> Batch:
+def collate(rows: Sequence[TrainingRow], layout: str = "flat", pad_id: int = 0, multiple: int = 1) -> Batch:
     """One micro-batch. 'flat': all rows end to end in a single row, no padding at all (position_ids restart
     per sequence, so attention stays inside each one). 'padded': rows padded to the longest; each pad run
     gets its own restarting positions, so it forms a separate masked-out "sequence" instead of needing a mask.
@@ -163,7 +165,7 @@ def collate(rows: Sequence[Row], layout: str = "flat", pad_id: int = 0, multiple
     n_tokens = sum(len(r) for r in rows)
     n_loss = int(sum((r.targets != IGNORE_INDEX).sum() for r in rows))
     if layout == "flat":
-        rows = [Row(*(np.concatenate([getattr(r, a) for r in rows]) for a in ("input_ids", "targets", "position_ids")))]
+        rows = [TrainingRow(*(np.concatenate([getattr(r, a) for r in rows]) for a in ("input_ids", "targets", "position_ids")))]
     width = -(-max(len(r) for r in rows) // multiple) * multiple
     # Filled in numpy: the rows are read-only views on Arrow's buffers, which torch.from_numpy warns about.
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
@@ -176,7 +178,7 @@ def collate(rows: Sequence[Row], layout: str = "flat", pad_id: int = 0, multiple
     return Batch(torch.from_numpy(ids), torch.from_numpy(pos), torch.from_numpy(tgt), n_tokens, n_loss)
 
 
-def micro_batches_for_step(rows: Sequence[Row], cursor: DataCursor, micro_batch_size: int, grad_accum: int,
+def micro_batches_for_step(rows: Sequence[TrainingRow], cursor: DataCursor, micro_batch_size: int, grad_accum: int,
                            tokens_per_step: int | None, layout: str, pad_id: int,
                            rank: int = 0, world_size: int = 1, multiple: int = 1) -> list[Batch]:
     """The micro-batches of one optimizer step for this rank.
@@ -197,7 +199,7 @@ def micro_batches_for_step(rows: Sequence[Row], cursor: DataCursor, micro_batch_
             return out
 
 
-def eval_batches(rows: Sequence[Row], micro_batch_size: int, layout: str, pad_id: int,
+def eval_batches(rows: Sequence[TrainingRow], micro_batch_size: int, layout: str, pad_id: int,
                  max_batches: int | None = None, multiple: int = 1):
     """The eval split in file order, in fixed micro-batches, so every evaluation sees the same tokens."""
     for n, start in enumerate(range(0, len(rows), micro_batch_size)):

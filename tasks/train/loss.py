@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from schemas.tokenize import IGNORE_INDEX
 from schemas.train import TrainConfig
-from tasks.train.data import Row, eval_batches
+from tasks.train.data import TrainingRow, eval_batches
 from tasks.train.dist import all_reduce_floats, dist_rank, dist_world
 from tasks.train.fsdp import forwards_to_run, run_on
 
@@ -110,7 +110,7 @@ def use_fused_loss(tc: TrainConfig, device: torch.device) -> bool:
 
 
 @torch.no_grad()
-def mean_eval_loss(model, rows: list[Row], tc: TrainConfig, pad_id: int, device: torch.device,
+def mean_eval_loss(model, rows: list[TrainingRow], tc: TrainConfig, pad_id: int, device: torch.device,
                    fused: bool) -> float:
     """Mean per-token loss over the eval split (the same tokens every time); NaN when it has no loss tokens."""
     was_training = model.training

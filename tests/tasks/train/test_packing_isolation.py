@@ -19,7 +19,7 @@ import torch
 
 from schemas.tokenize import IGNORE_INDEX
 from tasks.tokenize.packing import TokenizedSeq, pack_sequences
-from tasks.train.data import Batch, Row, collate, load_rows, shift_targets
+from tasks.train.data import Batch, TrainingRow, collate, load_rows, shift_targets
 from tasks.train.loss import causal_lm_loss_sum, causal_lm_token_losses, decoder_and_head
 from tasks.train.synthetic import write_split
 
@@ -71,9 +71,9 @@ def packed(tmp_path_factory):
     return {s.record_id: s for s in seqs}, rows, load_rows(split)
 
 
-def alone(seq: TokenizedSeq) -> Row:
+def alone(seq: TokenizedSeq) -> TrainingRow:
     pos = np.arange(len(seq), dtype=np.int32)
-    return Row(seq.input_ids, shift_targets(seq.labels, pos), pos)
+    return TrainingRow(seq.input_ids, shift_targets(seq.labels, pos), pos)
 
 
 @torch.no_grad()

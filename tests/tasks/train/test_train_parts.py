@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.train.data import DataCursor, Row, collate, micro_batches_for_step, shift_targets
+from tasks.train.data import DataCursor, TrainingRow, collate, micro_batches_for_step, shift_targets
 from tasks.train.loss import fused_linear_cross_entropy, plain_linear_cross_entropy
 
 
@@ -34,8 +34,8 @@ def test_targets_shift_inside_each_sequence_only():
 
 
 def test_collate_layouts_keep_every_real_token_and_pad_without_loss():
-    rows = [Row(np.arange(5), np.array([1, 2, 3, 4, -100]), np.arange(5)),
-            Row(np.arange(3), np.array([7, 8, -100]), np.arange(3))]
+    rows = [TrainingRow(np.arange(5), np.array([1, 2, 3, 4, -100]), np.arange(5)),
+            TrainingRow(np.arange(3), np.array([7, 8, -100]), np.arange(3))]
     flat = collate(rows, "flat", pad_id=0, multiple=4)
     assert flat.input_ids.shape == (1, 8) and flat.n_tokens == 8 and flat.n_loss_tokens == 6
     assert flat.position_ids[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
@@ -57,7 +57,7 @@ def test_cursor_resumes_the_same_order_across_epochs():
 
 
 def test_token_budget_and_ranks_split_each_step():
-    rows = [Row(np.arange(10), np.arange(10), np.arange(10)) for _ in range(8)]
+    rows = [TrainingRow(np.arange(10), np.arange(10), np.arange(10)) for _ in range(8)]
     one = micro_batches_for_step(rows, DataCursor(0), 2, 1, 50, "flat", 0)
     assert [b.n_tokens for b in one] == [20, 20, 20]  # 60 >= 50 tokens
     two = [micro_batches_for_step(rows, DataCursor(0), 1, 1, 50, "flat", 0, rank=r, world_size=2) for r in (0, 1)]
