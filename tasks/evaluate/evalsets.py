@@ -14,12 +14,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from schemas.evaluate import HELDOUT, EvalConfig, EvalSetConfig
+from schemas.ingest import IngestConfig
 from tasks.core import storage
 from tasks.core.stage import iter_batches
+from tasks.ingest.readers import NoHash, SourceStats, read_file
 
 
 @dataclass
@@ -88,19 +90,19 @@ def heldout_set(records_dir: Path, family_field: str | None, limit: int | None) 
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSON-lines or Parquet file as dicts; a bad JSON line becomes {'__error__': why}."""
-    if path.suffix.lower() == ".parquet":
-        return pq.read_table(path).to_pylist()
+    """Rows of an eval set file as dicts, read by ingest's readers (JSON lines or a JSON array, CSV, Parquet,
+    compressed or not); a row that does not parse, or is not an object, becomes {'__error__': why}. Blank
+    lines are not rows."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                row = {"__error__": f"line {lineno}: {exc.msg}"}
-            rows.append(row if isinstance(row, dict) else {"__error__": f"line {lineno}: not an object"})
+    for row in read_file(fsspec.filesystem("file"), str(path), SourceStats(hasher=NoHash()),
+                         IngestConfig.model_fields["max_record_bytes"].default):
+        if row.error is not None:
+            if row.error.reason != "blank_line":
+                rows.append({"__error__": f"{row.location}: {row.error.reason}: {row.error.detail}"})
+        elif isinstance(row.value, dict):
+            rows.append(row.value)
+        else:
+            rows.append({"__error__": f"{row.location}: not an object"})
     return rows
 
 
@@ -124,7 +126,7 @@ def file_set(cfg: EvalSetConfig, limit: int | None) -> EvalSet:
     rows = read_rows(path)
     for i, row in enumerate(rows):
         if "__error__" in row:
-            skipped["bad_json"] += 1
+            skipped["unreadable_row"] += 1
             continue
         prompt, reference = _prompt(row.get(cfg.prompt_field)), row.get(cfg.reference_field)
         if prompt is None:

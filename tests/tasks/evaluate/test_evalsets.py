@@ -68,7 +68,7 @@ def test_eval_set_files(tmp_path, fmt):
     assert es.items[0].prompt == [{"role": "user", "content": "Capital of France?"}] and es.items[0].family == "geo"
     if fmt == "jsonl":
         assert es.items[1].prompt == [{"role": "user", "content": "3*3?"}] and es.items[1].family is None
-        assert dict(es.skipped) == {"no_question": 1, "no_answer": 1, "bad_json": 1}
+        assert dict(es.skipped) == {"no_question": 1, "no_answer": 1, "unreadable_row": 1}
     assert es.rows == len(es.items) + sum(es.skipped.values())
 
 
