@@ -5,8 +5,8 @@ path would, with line numbers counted from the chunk start. The parent hashes th
 of its bytes, as in-process: the file's entry among the source's per-file digests), then ``reconcile`` makes
 the result identical to a sequential run: it shifts line numbers by the lines of earlier chunks, moves rows
 whose id already appeared earlier (in the same part or an earlier one) to the quarantine as ``duplicate_id``,
-and renumbers the ids of id-less rows whose content appeared in an earlier part. Only the parts that need a change are rewritten, one shard
-at a time. In-process ingest runs ``reconcile`` too, for the duplicate ids.
+and renumbers the ids of id-less rows whose content appeared in an earlier part. Only the parts that need a
+change are rewritten, one shard at a time. In-process ingest runs ``reconcile`` too, for the duplicate ids.
 """
 from __future__ import annotations
 
