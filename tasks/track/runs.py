@@ -1,7 +1,7 @@
 """MLflow tracking of a pipeline run: the resolved config, each stage's ledger, the curated dataset, the adapter.
 
 One MLflow run per pipeline run. Per-step training metrics are logged by the train task through the run id,
-so they work from any thread or process (see ``log_metrics_fn``).
+so they work from any thread or process (see ``log_steps_fn``).
 """
 from __future__ import annotations
 
@@ -175,19 +175,26 @@ def log_tokenized_dataset(tokenized: StageOutput, name: str, preview_rows: int =
     return digest_
 
 
-def log_metrics_fn(run_id: str, tracking_uri: str | None = None) -> Callable[[dict[str, float], int], None]:
-    """A thread-safe per-step logger bound to one run (the fluent API's active run is thread-local).
+def log_steps_fn(run_id: str, tracking_uri: str | None = None
+                 ) -> Callable[[list[tuple[dict[str, float], int]]], None]:
+    """A thread-safe logger of training steps bound to one run (the fluent API's active run is thread-local):
+    each call writes the metrics of all the steps it is given in as few ``log_batch`` requests as MLflow's
+    limit of 1,000 metrics a request allows.
 
     Non-finite values (a NaN grad norm, say) are skipped rather than failing the batch.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
 
-    def log(metrics: dict[str, float], step: int) -> None:
+    def log(steps: list[tuple[dict[str, float], int]]) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()
+        batch = [Metric(metric_key(k), float(v), now, step) for metrics, step in steps for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
-        client.log_batch(run_id, metrics=batch)
+        for at in range(0, len(batch), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=batch[at:at + MAX_METRICS_PER_BATCH])
     return log
+
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch request
 
 
 def run_url(run: mlflow.ActiveRun | Any, tracking_uri: str, ui_url: str = "http://127.0.0.1:5000") -> str:

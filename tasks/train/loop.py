@@ -46,8 +46,8 @@ from tasks.train.model import (
     load_base_model,
     set_cpu_threads,
 )
+from tasks.train.step_log import MetricsFn
 
-MetricsFn = Callable[[dict[str, float], int], None]
 STEP_LOG = "train_log.jsonl"  # rank 0's per-step metrics, one JSON line per step (appended across resumes)
 # Dense bf16 datasheet peaks, for MFU. Anything else reports no MFU rather than a made-up one.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}

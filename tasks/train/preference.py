@@ -35,7 +35,8 @@ from tasks.train.preference_data import (
     pair_batch,
 )
 from tasks.train.preference_loss import PreferenceLoss, dpo_loss, kto_kl, kto_loss, sequence_logps
-from tasks.train.recipe import adapter_key, mlflow_metrics_logger, with_progress_artifact
+from tasks.train.recipe import adapter_key
+from tasks.train.step_log import step_logger
 
 REF_CACHE = "reference_logps.pt"
 
@@ -291,5 +292,5 @@ def preference_train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig
     out.mkdir(parents=True, exist_ok=True)
     if world_size(cfg, nproc) > 1 and not (out / "_SUCCESS").is_file():
         return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
-    log = with_progress_artifact(mlflow_metrics_logger(run_id), cfg.train.max_steps)
-    return train_preference_adapter(tokenized.path, base, cfg, out, log)
+    with step_logger(run_id, cfg.train.max_steps) as log:  # the loop never waits for MLflow or the Prefect API
+        return train_preference_adapter(tokenized.path, base, cfg, out, log)

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from schemas.pipeline import PipelineConfig
-from tasks.train.recipe import mlflow_metrics_logger, train_adapter
+from tasks.train.recipe import train_adapter
+from tasks.train.step_log import step_logger
 
 
 def main(spec_path: str) -> None:
@@ -29,11 +30,11 @@ def main(spec_path: str) -> None:
     torch.distributed.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
     try:
         rank0 = torch.distributed.get_rank() == 0
-        log = mlflow_metrics_logger(spec["run_id"]) if rank0 else None
         train = train_adapter
         if cfg.train.objective != "sft":  # DPO / KTO: the preference recipe (tasks.train.preference)
             from tasks.train.preference import train_preference_adapter as train
-        train(Path(spec["tokenized_dir"]), spec["base"], cfg, Path(spec["out"]), log)
+        with step_logger(spec["run_id"] if rank0 else None, cfg.train.max_steps) as log:
+            train(Path(spec["tokenized_dir"]), spec["base"], cfg, Path(spec["out"]), log)
         torch.distributed.barrier()  # no rank leaves before rank 0 has written the outputs
     finally:
         torch.distributed.destroy_process_group()

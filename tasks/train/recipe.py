@@ -23,7 +23,7 @@ from tasks.train.fsdp import run_on
 from tasks.train.loop import MetricsFn, Trainer, finish, run_loop, setup_trainer
 from tasks.train.loss import causal_lm_loss_sum, mean_eval_loss, use_fused_loss
 from tasks.train.model import count_matmul_params, load_base_tokenizer, resolve_device
-from tasks.train.step_log import BackgroundLog
+from tasks.train.step_log import step_logger
 
 
 class SFTObjective:
@@ -90,33 +90,6 @@ def _train_adapter(tokenized_dir: Path, base: str, cfg: PipelineConfig, out: Pat
     return finish(trainer, tokenizer, cfg, base, out, loop)
 
 
-def mlflow_metrics_logger(run_id: str | None) -> MetricsFn | None:
-    """Per-step metrics into ``run_id`` through the client API, which needs no active run in this thread."""
-    if not run_id:
-        return None
-    from tasks.track.runs import log_metrics_fn
-
-    return log_metrics_fn(run_id)
-
-
-def with_progress_artifact(log: MetricsFn | None, max_steps: int) -> MetricsFn | None:
-    """Chain a Prefect progress artifact (percent of steps done) onto the per-step logger, inside a run."""
-    from tasks.track.artifacts import in_run
-
-    if not in_run():
-        return log
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-    artifact = create_progress_artifact(0.0, key="training-progress", description="Optimizer steps done")
-
-    def log_and_report(metrics: dict[str, float], step: int) -> None:
-        if log is not None:
-            log(metrics, step)
-        if "train_loss" in metrics:
-            update_progress_artifact(artifact, min(100.0, 100.0 * step / max_steps))
-    return log_and_report
-
-
 def adapter_key(tokenized: StageOutput, base: str, cfg: PipelineConfig, nproc: int = 1) -> str:
     """The trained adapter's cache key: data, base, model and adapter settings, and the train settings that
     change what is learned (``TrainConfig.cache_settings``). Ranks count only where they change the batch:
@@ -137,14 +110,5 @@ def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: s
     out.mkdir(parents=True, exist_ok=True)
     if world_size(cfg, nproc) > 1 and not (out / "_SUCCESS").is_file():
         return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
-    log = with_progress_artifact(mlflow_metrics_logger(run_id), cfg.train.max_steps)
-    if log is None:
-        return train_adapter(tokenized.path, base, cfg, out)
-    background = BackgroundLog(log)  # the loop never waits for MLflow or the Prefect API
-    try:
-        result = train_adapter(tokenized.path, base, cfg, out, background)
-    except BaseException:
-        background.close(reraise=False)  # the training error is the one to report
-        raise
-    background.close()
-    return result
+    with step_logger(run_id, cfg.train.max_steps) as log:  # the loop never waits for MLflow or the Prefect API
+        return train_adapter(tokenized.path, base, cfg, out, log)

@@ -1,26 +1,35 @@
 """Per-step metrics written off the training loop: a thread does the I/O (MLflow, the Prefect progress artifact).
 
-A step of a large model takes about half a second; one MLflow ``log_batch`` plus one artifact update over the API
-take tens of milliseconds, more on a loaded server, and the loop waited for both every step
+A step of a large model takes about half a second; one MLflow ``log_batch`` plus one artifact update over the
+API take tens of milliseconds, more on a loaded server, and the loop waited for both every step
 (bench/train/pipeline_overhead.py measures it). ``BackgroundLog`` queues each step's metrics and returns at
-once; the thread writes them in order. An error in the writer is raised on the next call from the loop and on
-``close``, so a lost tracking server still stops the run (exit 5), one step later instead of at once.
+once; the thread writes them in order, every step queued since its last write in one go (one MLflow request,
+one artifact update), so fast steps or a slow server never build up a backlog of requests. An error in the
+writer is raised on the next call from the loop and on ``close``, so a lost tracking server still stops the
+run (exit 5), one step later instead of at once.
+
+``step_logger`` is how every training entry point (the SFT and DPO/KTO train tasks, rank 0 under torchrun) gets
+its logger.
 """
 from __future__ import annotations
 
 import contextvars
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 MetricsFn = Callable[[dict[str, float], int], None]
+Steps = list[tuple[dict[str, float], int]]
+StepsFn = Callable[[Steps], None]
 
 
 class BackgroundLog:
-    """Wraps a metrics logger; ``close()`` waits until every queued step is written (and re-raises its error)."""
+    """A MetricsFn that queues; ``write(steps)`` runs in a thread, on every step queued since its last call.
+    ``close()`` waits until every queued step is written (and re-raises the writer's error)."""
 
-    def __init__(self, log: MetricsFn):
-        self._log = log
+    def __init__(self, write: StepsFn):
+        self._write = write
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         # The copied context carries Prefect's run and settings context (the API URL of a temporary server).
@@ -34,10 +43,20 @@ class BackgroundLog:
         self._queue.put((dict(metrics), step))
 
     def _drain(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:
+        closed = False
+        while not closed:
+            pending = [self._queue.get()]  # wait for one step, then take whatever else is queued
+            while True:
                 try:
-                    self._log(*item)
+                    pending.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if None in pending:  # close(): write what came before it, then stop
+                closed = True
+                pending = pending[:pending.index(None)]
+            if pending and self._error is None:
+                try:
+                    self._write(pending)
                 except BaseException as exc:  # handed to the training loop, which raises it
                     self._error = exc
 
@@ -46,3 +65,43 @@ class BackgroundLog:
         self._thread.join()
         if reraise and self._error is not None:
             raise self._error
+
+
+def with_progress_artifact(write: StepsFn | None, max_steps: int) -> StepsFn | None:
+    """Chain a Prefect progress artifact (percent of steps done, updated once per write) onto the step writer,
+    inside a Prefect run."""
+    from tasks.track.artifacts import in_run
+
+    if not in_run():
+        return write
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    artifact = create_progress_artifact(0.0, key="training-progress", description="Optimizer steps done")
+
+    def write_and_report(steps: Steps) -> None:
+        if write is not None:
+            write(steps)
+        done = [step for metrics, step in steps if "train_loss" in metrics]
+        if done:
+            update_progress_artifact(artifact, min(100.0, 100.0 * done[-1] / max_steps))
+    return write_and_report
+
+
+@contextmanager
+def step_logger(run_id: str | None, max_steps: int) -> Iterator[MetricsFn | None]:
+    """The per-step logger of one training run: the metrics into MLflow run ``run_id`` and, inside a Prefect run,
+    the progress artifact, written by a ``BackgroundLog``; None when there is neither. On leaving, every queued
+    step is written; a writer's error is raised, unless training itself failed (that error is the one told)."""
+    from tasks.track.runs import log_steps_fn
+
+    write = with_progress_artifact(log_steps_fn(run_id) if run_id else None, max_steps)
+    if write is None:
+        yield None
+        return
+    log = BackgroundLog(write)
+    try:
+        yield log
+    except BaseException:
+        log.close(reraise=False)
+        raise
+    log.close()
