@@ -10,6 +10,7 @@ step at least as long as the step measured here.
 """
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -79,7 +80,9 @@ def main() -> None:
                          "bare_median_step_tokens_per_s": round(bare["tokens_per_s"]),
                          "flow_median_step_tokens_per_s": round(piped["tokens_per_s"]),
                          "logged_steps": piped["logged_steps"], "bare_wall_s": round(t1 - t0, 1),
-                         "flow_wall_s": round(t2 - t1, 1)})
+                         "flow_wall_s": round(t2 - t1, 1),
+                         # the bench process's peak so far (bare and flow share it; the Prefect server is apart)
+                         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
             print(json.dumps(runs[-1]), flush=True)
         report = {"machine": "cpu", "torch_threads": 1, "steps": STEPS, "hidden": HIDDEN, "seq": SEQ,
                   "micro_batch": MB, "runs": runs}
