@@ -46,7 +46,7 @@ from tasks.train.model import (
     load_base_model,
     set_cpu_threads,
 )
-from tasks.train.step_log import MetricsFn
+from tasks.train.step_log import MetricsFn, flush_log
 
 STEP_LOG = "train_log.jsonl"  # rank 0's per-step metrics, one JSON line per step (appended across resumes)
 # Dense bf16 datasheet peaks, for MFU. Anything else reports no MFU rather than a made-up one.
@@ -266,6 +266,7 @@ def run_loop(trainer: Trainer, objective: Objective, cfg: PipelineConfig, out: P
                 save_checkpoint(out / "checkpoints", step, trainer.master, trainer.optimizer, trainer.scheduler,
                                 {**progress, "cursor": cursor.state_dict()}, keep=tc.keep_checkpoints,
                                 sharded=trainer.sharded)
+                flush_log(log)  # MLflow holds every step up to the checkpoint a killed run resumes from
                 pause_point("train.checkpoint", step=step)  # test only: a checkpoint is written, training goes on
         if not evaluated:  # resumed at the very end, or no evaluation fell in this process's steps
             _evaluate(trainer, objective, tc, progress, log)

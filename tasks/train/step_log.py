@@ -30,7 +30,9 @@ WRITE_EVERY_S = 1.0
 
 class BackgroundLog:
     """A MetricsFn that queues; ``write(steps)`` runs in a thread, on every step queued since its last call.
-    ``close()`` waits until every queued step is written (and re-raises the writer's error)."""
+    ``flush()`` waits until every step queued so far is written (the loop calls it after each checkpoint, so a
+    run killed later has its metrics in MLflow up to the step it resumes from); ``close()`` does the same and
+    stops the thread. Both re-raise the writer's error."""
 
     def __init__(self, write: StepsFn, every_s: float = WRITE_EVERY_S):
         self._write, self._every_s = write, every_s
@@ -49,27 +51,45 @@ class BackgroundLog:
     def _drain(self) -> None:
         closed = False
         while not closed:
-            pending = [self._queue.get()]  # wait for one step, then gather steps for every_s (or until close)
+            # Wait for one item, then gather steps for every_s, or until a flush or close asks for them now.
+            pending = [self._queue.get()]
             deadline = time.monotonic() + self._every_s
-            while pending[-1] is not None and (left := deadline - time.monotonic()) > 0:
+            while isinstance(pending[-1], tuple) and (left := deadline - time.monotonic()) > 0:
                 try:
                     pending.append(self._queue.get(timeout=left))
                 except queue.Empty:
                     break
-            if None in pending:  # close(): write what came before it, then stop
-                closed = True
-                pending = pending[:pending.index(None)]
+            marker = None if isinstance(pending[-1], tuple) else pending.pop()
             if pending and self._error is None:
                 try:
                     self._write(pending)
                 except BaseException as exc:  # handed to the training loop, which raises it
                     self._error = exc
+            if isinstance(marker, threading.Event):  # flush(): everything before it is written
+                marker.set()
+            closed = marker is _CLOSE
+
+    def flush(self) -> None:
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+        if self._error is not None:
+            raise self._error
 
     def close(self, reraise: bool = True) -> None:
-        self._queue.put(None)
+        self._queue.put(_CLOSE)
         self._thread.join()
         if reraise and self._error is not None:
             raise self._error
+
+
+_CLOSE = object()  # the queue item that stops the writer
+
+
+def flush_log(log: MetricsFn) -> None:
+    """Wait until every step given to ``log`` is written, where it writes in the background."""
+    if isinstance(log, BackgroundLog):
+        log.flush()
 
 
 def with_progress_artifact(write: StepsFn | None, max_steps: int) -> StepsFn | None:

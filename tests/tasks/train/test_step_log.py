@@ -52,3 +52,15 @@ def test_steps_queued_before_close_are_all_written():
         log({"train_loss": 0.5}, step)
     log.close()
     assert [step for batch in writes for _, step in batch] == list(range(1, 201))
+
+
+def test_flush_writes_every_queued_step_now_not_at_the_end_of_the_window():
+    writes = []
+    log = BackgroundLog(writes.append, every_s=3600)  # the window alone would hold them for an hour
+    for step in (1, 2, 3):
+        log({"train_loss": 0.5}, step)
+    log.flush()  # what the loop does after a checkpoint
+    assert [step for batch in writes for _, step in batch] == [1, 2, 3]
+    log({"train_loss": 0.5}, 4)
+    log.close()
+    assert [step for batch in writes for _, step in batch] == [1, 2, 3, 4]
