@@ -119,7 +119,6 @@ class SourceReader:
         self.src, self.cfg, self.out, self.index, self.stats = src, cfg, out, index, stats
         self.mapper = mapper  # a task runner for the files and split files' byte ranges, or None (this process)
         self.result = SourceFiles()
-        self.shared: RowConverter | None = None
         self.n_in = 0
 
     def _prefix(self, f_index: int) -> str:
@@ -128,19 +127,9 @@ class SourceReader:
     def _left(self) -> int | None:
         return None if self.src.limit is None else self.src.limit - self.n_in
 
-    def _close_shared(self) -> None:
-        if self.shared is not None:
-            self.result.parts.append(self.shared.close())
-            self.shared = None
-
-    def _converter(self, f_index: int, own: bool) -> RowConverter:
-        if own:
-            self._close_shared()
-            return RowConverter(self.src, self.cfg, self.out, f"{self._prefix(f_index)}-00000", None)
-        if self.shared is None:
-            self.shared = RowConverter(self.src, self.cfg, self.out, f"{self._prefix(f_index)}-00000", None,
-                                       shared=True)
-        return self.shared
+    def _limit_reached(self) -> bool:
+        left = self._left()
+        return left is not None and left <= 0
 
     def _reject_file(self, conv: RowConverter, shown: str, error: RowError) -> None:
         if self.cfg.unreadable_files == "fail":
@@ -154,50 +143,50 @@ class SourceReader:
 
     def read(self) -> SourceFiles:
         fs, entries = list_source(self.src.path)
+        groups = plan_groups(fs, entries, self.cfg, self.src)
         if self.mapper is not None and self.src.limit is None:
-            self._read_mapped(fs, entries)
+            self._read_mapped(fs, groups)
         else:  # in order in this process (a row limit is counted across files, so it reads them one by one)
-            self.read_entries(fs, list(enumerate(entries)))
+            for group in groups:
+                self.read_group(fs, group)
         return self.result
 
-    def read_entries(self, fs: fsspec.AbstractFileSystem, entries: list[tuple[int, Entry]]) -> None:
-        """Read ``entries`` (each with its index in the source's listing, which names its part) in order."""
-        for f_index, entry in entries:
-            left = self._left()
-            if left is not None and left <= 0:
+    def read_group(self, fs: fsspec.AbstractFileSystem, group: Group) -> None:
+        """Read one group's entries into its part (a split file: its byte ranges' parts), in order, up to the
+        source's row limit."""
+        if self._limit_reached():
+            return
+        first, entry = group.entries[0]
+        if group.kind == "split":
+            self.stats.start_file()
+            self._read_split(fs, entry.path, shown_path(fs, entry.path), first)
+            self.stats.end_file()
+            return
+        conv = RowConverter(self.src, self.cfg, self.out, f"{self._prefix(first)}-00000", None,
+                            shared=group.kind == "shared")
+        for _, entry in group.entries:
+            if self._limit_reached():
                 break
             shown = shown_path(fs, entry.path)
             if entry.error is not None:
-                self._reject_file(self._converter(f_index, own=False), shown, entry.error)
+                self._reject_file(conv, shown, entry.error)
                 continue
             self.stats.start_file()
-            if can_split(fs, entry.path, self.cfg, self.src):
-                self._read_split(fs, entry.path, shown, f_index)
-            else:
-                own = _own_part(fs, entry.path)
-                conv = self._converter(f_index, own)
-                self._read_file(conv, fs, entry.path, shown)
-                if own:
-                    self.result.parts.append(conv.close())
+            self._read_file(conv, fs, entry.path, shown)
             self.stats.end_file()
-        self._close_shared()
+        self.result.parts.append(conv.close())
 
-    def _read_mapped(self, fs: fsspec.AbstractFileSystem, entries: list[Entry]) -> None:
-        """Every file on the task runner: one task per group of entries that make one part (a file with a
-        part of its own, or a run of small files and unreadable entries that share one), each writing its
-        part under ``out`` as ``read_entries`` would; big JSON-lines files are split into byte-range tasks
-        by this process. The results are merged in listing order, so the parts, the lineage and the digest
-        are the ones a sequential read gives."""
-        groups = plan_groups(fs, entries, self.cfg, self.src)
+    def _read_mapped(self, fs: fsspec.AbstractFileSystem, groups: list[Group]) -> None:
+        """Every group on the task runner: one task per part (``read_group_to_file``, which reads it as
+        ``read_group`` does); big JSON-lines files are split into byte-range tasks by this process. The results
+        are merged in listing order, so the parts, the lineage and the digest are the ones a sequential read
+        gives."""
         jobs = [(self.src.model_dump(), self.cfg.model_dump(), str(self.out), self.index, group)
-                for split, group in groups if not split]
+                for group in groups if group.kind != "split"]
         handoffs = iter(self.mapper(read_group_to_file, jobs)) if jobs else iter(())  # type: ignore[misc]
-        for split, group in groups:
-            if split:
-                (f_index, entry), = group
-                self.stats.start_file()
-                self._read_split(fs, entry.path, shown_path(fs, entry.path), f_index)
-                self.stats.end_file()
+        for group in groups:
+            if group.kind == "split":
+                self.read_group(fs, group)
                 continue
             path = Path(next(handoffs))
             read = read_handoff(path)
@@ -237,7 +226,6 @@ class SourceReader:
         self.result.files.append({"file": shown, "format": preset or "per row", "rows": n, "quarantined": ""})
 
     def _read_split(self, fs: fsspec.AbstractFileSystem, path: str, shown: str, f_index: int) -> None:
-        self._close_shared()
         preset = None if self.src.format == "auto" else self.src.format
         if preset is None:
             probe = read_file(fs, path, SourceStats(hasher=NoHash()), self.cfg.max_record_bytes)
@@ -249,7 +237,7 @@ class SourceReader:
         except Exception as exc:  # noqa: BLE001 - the file failed to read: quarantine it whole
             if is_workdir_error(exc, self.out):
                 raise
-            conv = self._converter(f_index, own=True)
+            conv = RowConverter(self.src, self.cfg, self.out, f"{self._prefix(f_index)}-00000", None)
             self._reject_file(conv, shown, file_error(exc, shown))
             self.result.parts.append(conv.close())
             return
@@ -259,37 +247,46 @@ class SourceReader:
         self.result.files.append({"file": shown, "format": preset or "per row", "rows": n, "quarantined": ""})
 
 
+@dataclass(frozen=True)
+class Group:
+    """Entries of a source's listing (each with its index, which names its part) that make one part: a big
+    JSON-lines file split into byte ranges ('split'), a file with a part of its own ('own'), or a run of small
+    files and unreadable entries that share one ('shared')."""
+
+    kind: str
+    entries: list[tuple[int, Entry]]
+
+
 def plan_groups(fs: fsspec.AbstractFileSystem, entries: list[Entry], cfg: IngestConfig, src: SourceConfig
-                ) -> list[tuple[bool, list[tuple[int, Entry]]]]:
-    """The listing cut the way ``SourceReader.read_entries`` cuts it into parts: (split, [(index, entry)])
-    for each big JSON-lines file split into byte ranges (split=True), each file with a part of its own, and
-    each run of small files and unreadable entries, which share one part."""
-    groups: list[tuple[bool, list[tuple[int, Entry]]]] = []
+                ) -> list[Group]:
+    """The listing cut into parts, the one decision both the sequential read and the task runner follow."""
+    groups: list[Group] = []
     run: list[tuple[int, Entry]] = []
     for f_index, entry in enumerate(entries):
-        split = entry.error is None and can_split(fs, entry.path, cfg, src)
-        if split or (entry.error is None and _own_part(fs, entry.path)):
-            if run:
-                groups.append((False, run))
-                run = []
-            groups.append((split, [(f_index, entry)]))
-        else:
+        kind = "shared" if entry.error is not None else "split" if can_split(fs, entry.path, cfg, src) else \
+            "own" if _own_part(fs, entry.path) else "shared"
+        if kind == "shared":
             run.append((f_index, entry))
+            continue
+        if run:
+            groups.append(Group("shared", run))
+            run = []
+        groups.append(Group(kind, [(f_index, entry)]))
     if run:
-        groups.append((False, run))
+        groups.append(Group("shared", run))
     return groups
 
 
 def read_group_to_file(job: tuple) -> str:
-    """Runner worker: read one group of ``plan_groups`` into its part under the stage directory; what it saw
-    (the part results, which hold a key per kept row, the files table, the per-file digests) goes to a handoff
-    file there rather than through the task runner."""
+    """Runner worker: read one ``Group`` into its part under the stage directory; what it saw (the part
+    results, which hold a key per kept row, the files table, the per-file digests) goes to a handoff file there
+    rather than through the task runner."""
     src_json, cfg_json, out, index, group = job
     src, cfg = SourceConfig.model_validate(src_json), IngestConfig.model_validate(cfg_json)
     fs, _ = storage.filesystem(src.path)
     reader = SourceReader(src, cfg, Path(out), index, SourceStats())
-    reader.read_entries(fs, group)
-    target = Path(out) / HANDOFFS / f"group-{index:03d}-{group[0][0]:05d}.pkl"
+    reader.read_group(fs, group)
+    target = Path(out) / HANDOFFS / f"group-{index:03d}-{group.entries[0][0]:05d}.pkl"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_handoff({"parts": reader.result.parts, "files": reader.result.files, "stats": reader.stats.as_dict(),
                    "n_in": reader.n_in}, target)
