@@ -27,7 +27,7 @@ from prefect import task
 from schemas.pipeline import PipelineConfig
 from schemas.preference import PAIR_SCHEMA, PAIR_TOKENS_SCHEMA, UNPAIRED_SCHEMA, UNPAIRED_TOKENS_SCHEMA
 from schemas.tokenize import IGNORE_INDEX, TokenizeConfig
-from tasks.core.handoff import read_handoff, write_handoff
+from tasks.core.handoff import write_handoff
 from tasks.core.shards import Mapper, stage_mapper
 from tasks.core.stage import (
     Ledger,
@@ -37,10 +37,10 @@ from tasks.core.stage import (
     digest,
     iter_batches,
     run_stage,
-    shard_paths,
     with_reject_columns,
 )
 from tasks.tokenize.chat import encode_records, init_worker, mask_method, worker_tokenizer
+from tasks.tokenize.shards import ShardItem, map_split_shards, runner_batches, take_handoff, work_file
 from tasks.tokenize.tokenizer import load_tokenizer, tokenizer_digest
 
 STAGE = "preference-tokenize"
@@ -136,11 +136,7 @@ def _response_only(cfg: TokenizeConfig) -> TokenizeConfig:
     return cfg.model_copy(update={"train_on": "assistant"})  # a preference is about the response, never the prompt
 
 
-def _work_file(work: Path, split: str, shard: int, batch: int, ext: str) -> Path:
-    return work / f"{split}-{shard:05d}-{batch:06d}.{ext}"
-
-
-def tokenize_shard(item: tuple[str, str, int], tokenizer: tuple[str, str | None, bool, str | None],
+def tokenize_shard(item: ShardItem, tokenizer: tuple[str, str | None, bool, str | None],
                    cfg: TokenizeConfig, objective: str, work: str) -> int:
     """Runner worker: tokenize every batch of one input shard ``(split, path, index)`` (the batches of the
     in-process path); each batch's rows go to a Parquet file and its rejects to a handoff file in ``work``,
@@ -152,23 +148,17 @@ def tokenize_shard(item: tuple[str, str, int], tokenizer: tuple[str, str | None,
     n = 0
     for n, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size), start=1):
         table, bad, why = tokenize_batch(batch, tok, cfg, method, objective)
-        pq.write_table(table, _work_file(Path(work), split, index, n - 1, "parquet"))
-        write_handoff({"bad": bad, "why": why}, _work_file(Path(work), split, index, n - 1, "pkl"))
+        pq.write_table(table, work_file(Path(work), split, index, n - 1, "parquet"))
+        write_handoff({"bad": bad, "why": why}, work_file(Path(work), split, index, n - 1))
     return n
 
 
-def _batches_from_runner(pref_dir: Path, split: str, counts: list[int], cfg: TokenizeConfig, work: Path
-                         ) -> Iterator[tuple[pa.RecordBatch, tuple[pa.Table, list, list]]]:
-    """The input batches of ``split`` with what the workers made of them, in input order."""
-    for index, path in enumerate(shard_paths(pref_dir / split)):
-        for b, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size)):
-            if b >= counts[index]:
-                raise RuntimeError(f"{STAGE}: shard {path} has more batches than its worker tokenized")
-            rows, rejected = _work_file(work, split, index, b, "parquet"), _work_file(work, split, index, b, "pkl")
-            table, got = pq.read_table(rows), read_handoff(rejected)
-            rows.unlink()
-            rejected.unlink()
-            yield batch, (table, got["bad"], got["why"])
+def _tokenized_by_worker(work: Path, split: str, shard: int, batch: int) -> tuple[pa.Table, list, list]:
+    rows = work_file(work, split, shard, batch, "parquet")
+    table = pq.read_table(rows)
+    rows.unlink()
+    rejected = take_handoff(work_file(work, split, shard, batch))
+    return table, rejected["bad"], rejected["why"]
 
 
 def tokenize_preferences(pref_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig, objective: str, out: Path,
@@ -189,22 +179,26 @@ def tokenize_preferences(pref_dir: Path, tokenizer_dir: str, cfg: TokenizeConfig
     work = out / "_tokenized"
     counts = None
     if mapper is not None:
-        work.mkdir(parents=True, exist_ok=True)
-        items = [(split, str(p), i) for split in SPLITS for i, p in enumerate(shard_paths(pref_dir / split))]
-        done = mapper(functools.partial(tokenize_shard, tokenizer=(tokenizer_dir, revision, trust_remote_code,
-                                                                   cfg.chat_template),
-                                        cfg=cfg, objective=objective, work=str(work)), items)
-        counts = {split: [n for (s, _, _), n in zip(items, done, strict=True) if s == split] for split in SPLITS}
+        worker = functools.partial(tokenize_shard, tokenizer=(tokenizer_dir, revision, trust_remote_code,
+                                                              cfg.chat_template),
+                                   cfg=cfg, objective=objective, work=str(work))
+        counts = map_split_shards(pref_dir, SPLITS, worker, mapper, work)
+
+    def tokenized(split: str) -> Iterator[tuple[pa.RecordBatch, tuple[pa.Table, list, list]]]:
+        """Each input batch of ``split`` with its rows and rejects: made here, or read from its worker's files."""
+        if counts is None:
+            return ((batch, tokenize_batch(batch, tok, cfg, method, objective))
+                    for batch in iter_batches(pref_dir / split, batch_size=cfg.batch_size))
+        return runner_batches(pref_dir / split, counts[split], cfg.batch_size,
+                              functools.partial(_tokenized_by_worker, work, split), STAGE)
+
     ledger = Ledger(STAGE)
     extra: Counter = Counter()
     try:
         with ShardWriter(out / "rejects", reject_schema) as rejects:
             for split in SPLITS:
                 with ShardWriter(out / split, out_schema) as rows_out:
-                    batches = ((batch, tokenize_batch(batch, tok, cfg, method, objective))
-                               for batch in iter_batches(pref_dir / split, batch_size=cfg.batch_size)) \
-                        if counts is None else _batches_from_runner(pref_dir, split, counts[split], cfg, work)
-                    for batch, (table, bad, why) in batches:
+                    for batch, (table, bad, why) in tokenized(split):
                         rows_out.write(table)
                         ledger.n_in += batch.num_rows
                         ledger.kept += table.num_rows
