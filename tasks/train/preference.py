@@ -35,8 +35,7 @@ from tasks.train.preference_data import (
     pair_batch,
 )
 from tasks.train.preference_loss import PreferenceLoss, dpo_loss, kto_kl, kto_loss, sequence_logps
-from tasks.train.recipe import adapter_key
-from tasks.train.step_log import step_logger
+from tasks.train.recipe import train_in_task
 
 REF_CACHE = "reference_logps.pt"
 
@@ -283,14 +282,5 @@ def _cached_train_ref(scorer: Scorer, rows: list, out: Path, enabled: bool, batc
 
 @task(name="train")
 def preference_train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: str | None) -> dict:
-    """Prefect wrapper, as ``tasks.train.recipe.train_task``: trains into ``workdir/adapters/<key>`` (reused when
-    complete, resumed when not), through torchrun when there are several GPUs."""
-    from tasks.train.launch import launch_distributed, num_processes, world_size
-
-    nproc = num_processes(cfg)
-    out = Path(cfg.workdir) / "adapters" / adapter_key(tokenized, base, cfg, world_size(cfg, nproc))
-    out.mkdir(parents=True, exist_ok=True)
-    if world_size(cfg, nproc) > 1 and not (out / "_SUCCESS").is_file():
-        return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
-    with step_logger(run_id, cfg.train.max_steps) as log:  # the loop never waits for MLflow or the Prefect API
-        return train_preference_adapter(tokenized.path, base, cfg, out, log)
+    """Prefect wrapper of ``tasks.train.recipe.train_in_task`` for DPO and KTO."""
+    return train_in_task(tokenized, base, cfg, run_id, train_preference_adapter)

@@ -9,6 +9,7 @@ step's rows; ``train.parallel`` picks DDP (gradients summed) or FSDP (every weig
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,11 @@ def adapter_key(tokenized: StageOutput, base: str, cfg: PipelineConfig, nproc: i
                   cfg.train.cache_settings(), ranks)
 
 
-@task(name="train")
-def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: str | None) -> dict:
-    """Prefect wrapper: trains into ``workdir/adapters/<key>`` (reused when complete, resumed when not); with
-    several GPUs (or ``train.num_processes`` > 1) it launches data-parallel ranks through torchrun."""
+def train_in_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: str | None,
+                  train: Callable[..., dict]) -> dict:
+    """A train task's body, for either objective: ``train(tokenized_dir, base, cfg, out, log)`` into
+    ``workdir/adapters/<key>`` (reused when complete, resumed when not) with the background step logger; with
+    several GPUs (or ``train.num_processes`` > 1) data-parallel ranks through torchrun instead."""
     from tasks.train.launch import launch_distributed, num_processes, world_size
 
     nproc = num_processes(cfg)
@@ -111,4 +113,10 @@ def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: s
     if world_size(cfg, nproc) > 1 and not (out / "_SUCCESS").is_file():
         return launch_distributed(tokenized.path, base, cfg, out, run_id, nproc)
     with step_logger(run_id, cfg.train.max_steps) as log:  # the loop never waits for MLflow or the Prefect API
-        return train_adapter(tokenized.path, base, cfg, out, log)
+        return train(tokenized.path, base, cfg, out, log)
+
+
+@task(name="train")
+def train_task(tokenized: StageOutput, base: str, cfg: PipelineConfig, run_id: str | None) -> dict:
+    """Prefect wrapper of ``train_in_task`` for SFT."""
+    return train_in_task(tokenized, base, cfg, run_id, train_adapter)
