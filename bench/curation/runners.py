@@ -70,6 +70,19 @@ def make_records(n: int, out: Path, seed: int = 0) -> int:
         return f.tell()
 
 
+def gzip_files(data: Path, n: int) -> Path:
+    """The records of ``data`` cut into ``n`` gzipped JSON-lines files of one directory, in order."""
+    import gzip
+
+    lines = data.read_bytes().splitlines(keepends=True)
+    out = data.with_name(f"{data.stem}-gz{n}")
+    out.mkdir(exist_ok=True)
+    per = -(-len(lines) // n)
+    for i in range(n):
+        (out / f"part-{i:03d}.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[i * per:(i + 1) * per]), mtime=0))
+    return out
+
+
 def curate_child(kind: str, data: str, workdir: str) -> None:
     """In the child: the four stages as one flow on the runner ``kind``; prints one JSON line."""
     from prefect import flow
@@ -150,6 +163,8 @@ def main() -> int:
     ap.add_argument("--runners", default="processes,ray")
     ap.add_argument("--tmp", type=Path, default=None, help="where the data and workdirs go (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--gzip-files", type=int, default=0,
+                    help="cut the records into N gzipped files of one directory (ingest then maps per file)")
     args = ap.parse_args()
     tmp = args.tmp or Path(tempfile.mkdtemp(prefix="bench-runners-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -160,6 +175,8 @@ def main() -> int:
     else:
         size = make_records(args.records, data)
     print(f"records: {args.records} ({size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.gzip_files:
+        data = gzip_files(data, args.gzip_files)
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
@@ -172,7 +189,9 @@ def main() -> int:
         rows.append(row)
         same = all(r["digests"] == rows[0]["digests"] for r in rows)
         result = {  # written after every runner, so a run cut short keeps what it measured
-            "command": f"python bench/curation/runners.py --records {args.records} --runners {args.runners}",
+            "command": f"python bench/curation/runners.py --records {args.records} --runners {args.runners}"
+                       + (f" --gzip-files {args.gzip_files}" if args.gzip_files else ""),
+            "source": f"{args.gzip_files} gzipped files" if args.gzip_files else "one JSON-lines file",
             "machine": f"{os.cpu_count()} cores ({cpu}), shared with other jobs; Python {platform.python_version()}",
             "records": args.records, "input_mib": round(size / 2**20),
             "stages": list(STAGES), "same_outputs": same, "kept": rows[0]["ledgers"]["filter"]["kept"],
